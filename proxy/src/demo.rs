@@ -1,0 +1,117 @@
+//! `veer demo`: three small backends in-process and the proxy in front of
+//! them, from a configuration embedded in the binary. Each answer names the
+//! backend that served it (body and `x-veer-backend` header).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// The embedded demo configuration; `{listen}` and `{backends}` are filled in
+/// when the demo backends are up.
+pub const DEMO_CONFIG: &str = r#"# veer demo: three in-process backends behind the Wasm round robin.
+[server]
+listen = "{listen}"
+workers = 1
+
+[pools.demo]
+strategy = "round-robin"
+backends = [{backends}]
+"#;
+
+/// Name of the response header demo backends set.
+pub const BACKEND_HEADER: &str = "x-veer-backend";
+
+/// The demo configuration for `listen` and `backends`, as TOML text.
+pub fn demo_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    DEMO_CONFIG
+        .replace("{listen}", &listen.to_string())
+        .replace("{backends}", &list.join(", "))
+}
+
+/// Runs the demo until `shutdown`.
+pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut backends = Vec::new();
+    for i in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| Error::Listen {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                source,
+            })?;
+        backends.push(listener.local_addr().map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?);
+        tracker.spawn(serve_backend(
+            listener,
+            format!("backend-{i}"),
+            cancel.clone(),
+        ));
+    }
+    let text = demo_config(listen, &backends);
+    let config = Config::from_toml(&text, Path::new("."))?;
+    let server = crate::Server::bind(config)?;
+    let addr = server.local_addr();
+    println!(
+        "veer demo: proxy on http://{addr}/ balancing over 3 backends with the Wasm plugin `round-robin`."
+    );
+    println!("Try:  for i in 1 2 3 4; do curl -s http://{addr}/hello; done");
+    println!("(configuration in use:)\n{text}");
+    let result = server.run(shutdown).await;
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+/// Serves a backend that names itself in every answer, until `cancel`.
+pub async fn serve_backend(listener: TcpListener, name: String, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+        };
+        let name = name.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let body = format!("{name} served {} {}\n", request.method(), request.uri());
+                let response = Response::builder()
+                    .header(BACKEND_HEADER, name.as_str())
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static parts are valid");
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

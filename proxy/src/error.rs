@@ -1,0 +1,111 @@
+//! Typed errors of the library. Each says whose fault it is (the
+//! configuration's, a plugin's, the engine's) and what to do about it.
+
+/// A configuration that cannot be used. Names the key and the reason.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file is not valid TOML, or a value has the wrong type.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `pools.web.backends[1].weight`.
+        key: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// The file could not be read.
+    #[error("could not read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An error at `key`.
+    pub fn at(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// A plugin that cannot be used, or the Wasm engine failing.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The bytes are not a valid Wasm component.
+    #[error("plugin {origin} is not a usable Wasm component: {reason}")]
+    Invalid {
+        /// Where the plugin came from.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component does not implement the world this host serves.
+    #[error(
+        "plugin {origin} does not implement {world} (build it against the veer-sdk of this Veer version): {reason}",
+        world = crate::wasm::WORLD
+    )]
+    WrongWorld {
+        /// Where the plugin came from.
+        origin: String,
+        /// What the type check found.
+        reason: String,
+    },
+    /// A call into the plugin trapped or ran out of time.
+    #[error("plugin {plugin} failed in `{call}`: {reason}")]
+    Trapped {
+        /// The plugin's name (or source before it named itself).
+        plugin: String,
+        /// Which call.
+        call: &'static str,
+        /// The trap.
+        reason: String,
+    },
+    /// The plugin refused its configuration in `init`.
+    #[error("plugin {plugin} refused its configuration: {message}")]
+    Refused {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's own message.
+        message: String,
+    },
+    /// The Wasm engine could not be set up.
+    #[error("the Wasm engine failed: {0:#}")]
+    Engine(wasmtime::Error),
+}
+
+impl PluginError {
+    pub(crate) fn engine(err: wasmtime::Error) -> PluginError {
+        PluginError::Engine(err)
+    }
+}
+
+/// Anything that stops the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration cannot be used.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A plugin or the Wasm engine failed outside any pool's context.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The listening socket could not be set up.
+    #[error("could not listen on {addr}: {source} (is another process using the port?)")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,98 @@
+//! The `veer` binary: parses arguments and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Veer: a reverse proxy whose load balancing is programmed in WebAssembly.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file (plugins included) without serving.
+    Check {
+        /// The TOML configuration.
+        config: PathBuf,
+    },
+    /// Start three demo backends and the proxy in front of them; no file needed.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let loaded = veer::Config::load(&config)
+                .with_context(|| format!("{} is not valid", config.display()))?;
+            let report = veer::check(&loaded)
+                .with_context(|| format!("{} is not valid", config.display()))?;
+            println!("{}: ok", config.display());
+            for line in report.pools {
+                println!("  {line}");
+            }
+            Ok(())
+        }
+        Command::Run { config } => {
+            let loaded = veer::Config::load(&config)
+                .with_context(|| format!("{} is not valid", config.display()))?;
+            control_runtime()?
+                .block_on(veer::run(loaded, shutdown_signal()))
+                .context("veer stopped")
+        }
+        Command::Demo { listen } => control_runtime()?
+            .block_on(veer::demo::run(listen, shutdown_signal()))
+            .context("the demo stopped"),
+    }
+}
+
+/// The small runtime that waits for signals and supervises the workers (which
+/// run their own event loops).
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the control event loop")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
