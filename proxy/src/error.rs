@@ -95,7 +95,7 @@ impl PluginError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration cannot be used.
-    #[error("invalid configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// A plugin or the Wasm engine failed outside any pool's context.
     #[error(transparent)]

@@ -1,0 +1,64 @@
+//! The Wasm strategy decides where requests go.
+
+use crate::support::*;
+
+fn round_robin_config(backends: &[&Backend]) -> String {
+    format!(
+        "{SERVER}[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        addresses(backends)
+    )
+}
+
+async fn seven_backends_seen(mut client: Client) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let answer = client.get("/").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        seen.push(answer.backend().to_string());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_wasm_round_robin_visits_backends_in_exact_order_over_http1() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let proxy = Proxy::start(&round_robin_config(&[&a, &b, &c])).await;
+    let seen = seven_backends_seen(Client::h1(proxy.addr).await).await;
+    assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
+    let m = proxy.metrics.snapshot();
+    assert_eq!(m.fallback_selections, 0, "every order came from the plugin");
+    assert!(m.plugin_instantiations >= 1);
+}
+
+#[tokio::test]
+async fn the_wasm_round_robin_visits_backends_in_exact_order_over_h2c() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let proxy = Proxy::start(&round_robin_config(&[&a, &b, &c])).await;
+    let seen = seven_backends_seen(Client::h2(proxy.addr).await).await;
+    assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}
+
+#[tokio::test]
+async fn a_plugin_loaded_from_a_file_decides_the_backend() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[plugins]\nload = [\"{}\"]\n[pools.web]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"first\" }}\nbackends = [{}]\n",
+        test_plugin("misbehave"),
+        addresses(&[&a, &b])
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("/").await.backend(), "a");
+    }
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -1,0 +1,206 @@
+//! What is forwarded, and what the client gets when backends fail.
+
+use std::sync::atomic::Ordering;
+
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// An address nothing listens on (bound, then released).
+async fn dead_address() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn pool_config(backends: &str, extra: &str) -> String {
+    format!("{SERVER}[pools.web]\nbackends = [{backends}]\n{extra}")
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let answer = Client::h1(proxy.addr)
+        .await
+        .get_with(
+            "/headers",
+            &[
+                ("connection", "x-private"),
+                ("x-private", "1"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-keep", "yes"),
+            ],
+        )
+        .await;
+    let body = answer.body;
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("x-forwarded-host: localhost\n"), "{body}");
+    assert!(body.contains("host: localhost\n"), "{body}");
+    assert!(body.contains("x-keep: yes\n"), "{body}");
+    assert!(
+        !body.contains("x-private"),
+        "named in Connection, so hop-by-hop: {body}"
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_request_reaches_the_backend_as_http1_with_its_host() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let answer = Client::h2(proxy.addr).await.get("/headers").await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("host: localhost\n"), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_retried_on_the_next_candidate_even_for_a_post() {
+    let b = Backend::start("b").await;
+    let dead = dead_address().await;
+    let proxy = Proxy::start(&pool_config(
+        &format!("\"{dead}\", \"{}\"", b.addr),
+        "max_fails = 0\n",
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..4 {
+        let request = Request::post("/count")
+            .header("host", "localhost")
+            .body(full("hello"))
+            .unwrap();
+        let response = client.send(request).await;
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"5",
+            "the body arrived whole at the second candidate"
+        );
+    }
+    let m = proxy.metrics.snapshot();
+    assert_eq!(
+        m.retries, 2,
+        "round robin put the dead backend first twice: {m:?}"
+    );
+    assert_eq!(m.upstream_connect_errors, 2, "{m:?}");
+}
+
+#[tokio::test]
+async fn a_backend_that_keeps_failing_is_marked_down_and_skipped() {
+    let b = Backend::start("b").await;
+    let dead = dead_address().await;
+    let proxy = Proxy::start(&pool_config(
+        &format!("\"{dead}\", \"{}\"", b.addr),
+        "max_fails = 1\nfail_timeout_ms = 60000\n",
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(
+        proxy.metrics.snapshot().upstream_connect_errors,
+        1,
+        "tried once, then skipped while down"
+    );
+    assert_eq!(b.hits.load(Ordering::Relaxed), 6);
+}
+
+#[tokio::test]
+async fn when_no_backend_can_be_reached_the_client_gets_502_with_a_reason() {
+    let (d1, d2) = (dead_address().await, dead_address().await);
+    let proxy = Proxy::start(&pool_config(&format!("\"{d1}\", \"{d2}\""), "")).await;
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    assert_eq!(answer.status, 502);
+    assert!(
+        answer
+            .body
+            .contains("no backend of pool web could be reached (2 tried)"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(proxy.metrics.snapshot().bad_gateway, 1);
+}
+
+#[tokio::test]
+async fn a_backend_slower_than_the_response_timeout_gives_504() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(
+        &addresses(&[&a]),
+        "response_timeout_ms = 200\n",
+    ))
+    .await;
+    let answer = Client::h1(proxy.addr).await.get("/slow?ms=3000").await;
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert_eq!(proxy.metrics.snapshot().gateway_timeout, 1);
+}
+
+#[tokio::test]
+async fn requests_are_routed_by_host_and_then_longest_path_prefix() {
+    let (web, api, other) = (
+        Backend::start("web").await,
+        Backend::start("api").await,
+        Backend::start("other").await,
+    );
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [{}]\n[pools.api]\nbackends = [{}]\n[pools.other]\nbackends = [{}]\n\
+         [[routes]]\npool = \"web\"\n[[routes]]\npath_prefix = \"/api/\"\npool = \"api\"\n\
+         [[routes]]\nhost = \"other.example\"\npool = \"other\"\n",
+        addresses(&[&web]),
+        addresses(&[&api]),
+        addresses(&[&other])
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    assert_eq!(client.get("/").await.backend(), "web");
+    assert_eq!(client.get("/api/users").await.backend(), "api");
+    let answer = client.get_with("/api/users", &[]).await;
+    assert_eq!(answer.backend(), "api");
+    let mut h2 = Client::h2(proxy.addr).await;
+    let request = Request::get("http://other.example:8080/api/x")
+        .body(empty())
+        .unwrap();
+    assert_eq!(h2.send(request).await.headers()["x-backend"], "other");
+}
+
+#[tokio::test]
+async fn a_request_matching_no_route_gets_404() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [{}]\n[[routes]]\nhost = \"only.example\"\npool = \"web\"\n",
+        addresses(&[&a])
+    ))
+    .await;
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    assert_eq!(answer.status, 404);
+    assert!(
+        answer.body.contains("no route for host \"localhost\""),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_400() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(a.hits.load(Ordering::Relaxed), 0);
+}

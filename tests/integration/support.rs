@@ -1,0 +1,314 @@
+//! Helpers: real backends and a real proxy on 127.0.0.1:0, and small clients.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+
+/// A backend that names itself. Paths:
+/// - `/echo`: streams the request body back;
+/// - `/count?delay_ms=N`: waits N ms, then reads the whole body and answers with its length;
+/// - `/stream?bytes=N`: streams N bytes (1 MiB chunks), counting what it produced in `produced`;
+/// - `/slow?ms=N`: answers after N ms;
+/// - `/headers`: answers with the request headers, one `name: value` a line;
+/// - anything else: its name.
+/// Every answer has `x-backend: NAME`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// Requests served.
+    pub hits: Arc<AtomicU64>,
+    /// Bytes `/stream` has handed to hyper so far.
+    pub produced: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            name: name.to_string(),
+            hits: Arc::default(),
+            produced: Arc::default(),
+            cancel: CancellationToken::new(),
+        };
+        let (name, hits, produced, cancel) = (
+            backend.name.clone(),
+            backend.hits.clone(),
+            backend.produced.clone(),
+            backend.cancel.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                let (name, hits, produced, cancel) =
+                    (name.clone(), hits.clone(), produced.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                        backend_answer(name.clone(), produced.clone(), req)
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    tokio::select! {
+                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+        });
+        backend
+    }
+}
+
+fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn backend_answer(
+    name: String,
+    produced: Arc<AtomicU64>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let body: TestBody = match req.uri().path() {
+        "/echo" => req.into_body().map_err(std::io::Error::other).boxed(),
+        "/count" => {
+            tokio::time::sleep(Duration::from_millis(query_number(&req, "delay_ms"))).await;
+            let n = count_body(req.into_body()).await;
+            full(n.to_string())
+        }
+        "/stream" => feed(query_number(&req, "bytes"), produced).boxed(),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
+            full(name.clone())
+        }
+        "/headers" => {
+            let text: String = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{}: {}\n", k, v.to_str().unwrap_or("?")))
+                .collect();
+            full(text)
+        }
+        _ => full(name.clone()),
+    };
+    Ok(Response::builder()
+        .header("x-backend", name.as_str())
+        .body(body)
+        .unwrap())
+}
+
+/// A body fed through a channel: each message is one data frame. With a
+/// channel of capacity 1 the sender can only run one chunk ahead of whoever
+/// reads the body, so what it has sent shows how far the reader has pulled.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// Feeds `total` bytes in 1 MiB chunks into a new [`ChannelBody`], counting
+/// what it has handed over in `fed`.
+pub fn feed(total: u64, fed: Arc<AtomicU64>) -> ChannelBody {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min((total - sent) as usize);
+            if tx.send(chunk.slice(..n)).await.is_err() {
+                return;
+            }
+            sent += n as u64;
+            fed.store(sent, Ordering::Relaxed);
+        }
+    });
+    ChannelBody(rx)
+}
+
+pub async fn count_body(mut body: Incoming) -> u64 {
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            n += data.len() as u64;
+        }
+    }
+    n
+}
+
+pub fn full(text: impl Into<Bytes>) -> TestBody {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A proxy started in-process from TOML text, stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics: Arc<veer::Metrics>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Proxy {
+    pub async fn start(toml: &str) -> Proxy {
+        let config =
+            veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
+        let server = veer::Server::bind(config).expect("proxy starts");
+        let cancel = CancellationToken::new();
+        let proxy = Proxy {
+            addr: server.local_addr(),
+            metrics: server.metrics(),
+            cancel: cancel.clone(),
+        };
+        tokio::spawn(server.run(cancel.cancelled_owned()));
+        proxy
+    }
+}
+
+/// `[server]` for tests: port 0, one worker (exact per-worker orders).
+pub const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n";
+
+/// `"a", "b"` for a TOML array of backend addresses.
+pub fn addresses(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Path of a test plugin built from tests/plugins/NAME.
+pub fn test_plugin(name: &str) -> String {
+    format!("{}/{name}.wasm", env!("VEER_TEST_PLUGINS_DIR"))
+}
+
+/// One keep-alive client connection, HTTP/1.1 or HTTP/2 (prior knowledge).
+pub enum Client {
+    H1(hyper::client::conn::http1::SendRequest<TestBody>),
+    H2(hyper::client::conn::http2::SendRequest<TestBody>),
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .map_or("-", |v| v.to_str().unwrap())
+    }
+}
+
+impl Client {
+    pub async fn h1(addr: SocketAddr) -> Client {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Client::H1(sender)
+    }
+
+    pub async fn h2(addr: SocketAddr) -> Client {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client::H2(sender)
+    }
+
+    /// Sends a request and returns the response with its body still streaming.
+    pub async fn send(&mut self, request: Request<TestBody>) -> Response<Incoming> {
+        match self {
+            Client::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+            Client::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+        }
+    }
+
+    /// GET `path` (host `localhost`) and read the whole answer.
+    pub async fn get(&mut self, path: &str) -> Answer {
+        self.get_with(path, &[]).await
+    }
+
+    /// GET with extra headers.
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let is_h2 = matches!(self, Client::H2(_));
+        let uri = if is_h2 {
+            format!("http://localhost{path}")
+        } else {
+            path.to_string()
+        };
+        let mut builder = Request::get(uri);
+        if !is_h2 {
+            builder = builder.header("host", "localhost");
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = self.send(builder.body(empty()).unwrap()).await;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+}
