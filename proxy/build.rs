@@ -1,6 +1,8 @@
-//! Builds every plugin crate under `plugins/` (the built-in strategies) and
-//! `tests/plugins/` (plugins the integration tests load from files) to Wasm
-//! components, so an ordinary `cargo build` of the proxy needs no extra step.
+//! Builds every plugin crate under `plugins/` (the built-in strategies),
+//! `tests/plugins/` (plugins the integration tests load from files) and
+//! `examples/` (SDK examples, built for `wasm32-wasip2` exactly as a plugin
+//! author would) to Wasm components, so an ordinary `cargo build` of the proxy
+//! needs no extra step.
 //!
 //! How: a nested `cargo build --target wasm32-unknown-unknown --profile plugin`
 //! into its own target directory (so it never waits on the outer build's
@@ -9,8 +11,8 @@
 //! no WASI, so no ambient capability at all.
 //!
 //! Outputs in `OUT_DIR`: `builtin_plugins.rs` (a table of the built-ins, name
-//! to `include_bytes!`) and `test-plugins/<name>.wasm` (path exported to the
-//! tests as `VEER_TEST_PLUGINS_DIR`).
+//! to `include_bytes!`) and `test-plugins/<name>.wasm` for test plugins and
+//! examples (path exported to the tests as `VEER_TEST_PLUGINS_DIR`).
 
 use std::env;
 use std::fs;
@@ -21,11 +23,23 @@ use std::process::Command;
 const BUILTIN_PREFIX: &str = "veer-plugin-";
 const TEST_PREFIX: &str = "veer-test-plugin-";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// What plugin authors build with; its output is already a component (with
+/// WASI imports the host links to traps).
+const WASIP2_TARGET: &str = "wasm32-wasip2";
 
 struct PluginCrate {
     package: String,
     name: String,
     builtin: bool,
+}
+
+impl PluginCrate {
+    fn artifact(&self, target_dir: &Path, target: &str) -> PathBuf {
+        target_dir
+            .join(target)
+            .join("plugin")
+            .join(format!("{}.wasm", self.package.replace('-', "_")))
+    }
 }
 
 fn main() {
@@ -36,7 +50,14 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    for dir in ["wit", "sdk", "plugins", "tests/plugins", "Cargo.lock"] {
+    for dir in [
+        "wit",
+        "sdk",
+        "plugins",
+        "tests/plugins",
+        "examples",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 
@@ -47,7 +68,9 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("plugins-wasm");
-    build_wasm(&root, &target_dir, &crates);
+    build_wasm(&root, &target_dir, WASM_TARGET, &crates);
+    let examples = find_crates(&root.join("examples"), "", false);
+    build_wasm(&root, &target_dir, WASIP2_TARGET, &examples);
 
     let test_dir = out_dir.join("test-plugins");
     fs::create_dir_all(&test_dir).unwrap();
@@ -56,10 +79,7 @@ fn main() {
          pub static BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n",
     );
     for krate in &crates {
-        let module = target_dir
-            .join(WASM_TARGET)
-            .join("plugin")
-            .join(format!("{}.wasm", krate.package.replace('-', "_")));
+        let module = krate.artifact(&target_dir, WASM_TARGET);
         let bytes =
             fs::read(&module).unwrap_or_else(|e| panic!("reading {}: {e}", module.display()));
         let component = wit_component::ComponentEncoder::default()
@@ -77,6 +97,11 @@ fn main() {
         } else {
             fs::write(test_dir.join(format!("{}.wasm", krate.name)), &component).unwrap();
         }
+    }
+    for example in &examples {
+        let component = example.artifact(&target_dir, WASIP2_TARGET);
+        fs::copy(&component, test_dir.join(format!("{}.wasm", example.name)))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", component.display()));
     }
     table.push_str("];\n");
     fs::write(out_dir.join("builtin_plugins.rs"), table).unwrap();
@@ -111,7 +136,10 @@ fn find_crates(dir: &Path, prefix: &str, builtin: bool) -> Vec<PluginCrate> {
     found
 }
 
-fn build_wasm(root: &Path, target_dir: &Path, crates: &[PluginCrate]) {
+fn build_wasm(root: &Path, target_dir: &Path, target: &str, crates: &[PluginCrate]) {
+    if crates.is_empty() {
+        return;
+    }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -120,7 +148,7 @@ fn build_wasm(root: &Path, target_dir: &Path, crates: &[PluginCrate]) {
             "--profile",
             "plugin",
             "--target",
-            WASM_TARGET,
+            target,
             "--target-dir",
         ])
         .arg(target_dir);
@@ -152,7 +180,7 @@ fn build_wasm(root: &Path, target_dir: &Path, crates: &[PluginCrate]) {
     if !status.success() {
         panic!(
             "building the Wasm plugins failed (see above). If the error is about a missing \
-             `core` crate, install the target: rustup target add {WASM_TARGET}"
+             `core` or `std` crate, install the target: rustup target add {target}"
         );
     }
 }

@@ -158,7 +158,7 @@ pub async fn handle(
         let started = Instant::now();
         match tokio::time::timeout(
             config.response_timeout,
-            upstream::send(target, request, tracker),
+            upstream::send(target, request, tracker, &ctx.metrics),
         )
         .await
         {

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub fallback_selections: AtomicU64,
     /// Plugin instances created (per worker, after a failure, on reload).
     pub plugin_instantiations: AtomicU64,
+    /// New connections to backends attempted (pooled ones reused don't count).
+    pub upstream_connects: AtomicU64,
     /// Connections to backends that could not be made.
     pub upstream_connect_errors: AtomicU64,
     /// Attempts on a further candidate after a failed one.
@@ -146,6 +148,7 @@ pub struct MetricsSnapshot {
     pub plugin_bad_answers: u64,
     pub fallback_selections: u64,
     pub plugin_instantiations: u64,
+    pub upstream_connects: u64,
     pub upstream_connect_errors: u64,
     pub retries: u64,
     pub bad_gateway: u64,
@@ -167,6 +170,7 @@ impl Metrics {
             plugin_bad_answers: self.plugin_bad_answers.load(Relaxed),
             fallback_selections: self.fallback_selections.load(Relaxed),
             plugin_instantiations: self.plugin_instantiations.load(Relaxed),
+            upstream_connects: self.upstream_connects.load(Relaxed),
             upstream_connect_errors: self.upstream_connect_errors.load(Relaxed),
             retries: self.retries.load(Relaxed),
             bad_gateway: self.bad_gateway.load(Relaxed),

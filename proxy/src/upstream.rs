@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use crate::stats::InFlight;
+use crate::stats::{InFlight, Metrics};
 
 type Sender = http1::SendRequest<Incoming>;
 
@@ -84,11 +84,16 @@ pub async fn send(
     target: Target,
     mut request: Request<Incoming>,
     tracker: &TaskTracker,
+    metrics: &Metrics,
 ) -> Result<Exchange, SendError> {
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
     while let Some(mut sender) = checkout(target.addr) {
-        if sender.ready().await.is_err() {
+        // Poll readiness once: a pooled connection is ready unless it is still
+        // busy (e.g. finishing an upload its backend answered early) or
+        // closed. Either way, waiting could take long: skip it.
+        let ready = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+        if !matches!(ready, Poll::Ready(Ok(()))) {
             continue;
         }
         match sender.try_send_request(request).await {
@@ -104,6 +109,7 @@ pub async fn send(
             },
         }
     }
+    Metrics::inc(&metrics.upstream_connects);
     let mut sender = match connect(target, tracker).await {
         Ok(sender) => sender,
         Err(reason) => {

@@ -155,6 +155,14 @@ impl Config {
             .is_some_and(|s| s.trim().is_empty())
     }
 
+    /// Parses the configuration into `T` (derive `serde::Deserialize`; add
+    /// `#[serde(deny_unknown_fields)]` so typos are refused). The error is
+    /// ready to return from [`Strategy::new`].
+    #[cfg(feature = "json")]
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.json).map_err(|e| format!("invalid strategy_config: {e}"))
+    }
+
     /// Refuses any configuration: for strategies that take none.
     pub fn expect_empty(&self) -> Result<(), String> {
         if self.is_empty() {

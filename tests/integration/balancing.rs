@@ -62,3 +62,47 @@ async fn a_plugin_loaded_from_a_file_decides_the_backend() {
     }
     assert_eq!(b.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn the_sdk_example_built_for_wasip2_serves_by_zone_label() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[plugins]\nload = [\"{}\"]\n[pools.web]\nstrategy = \"zone-affinity\"\n\
+         backends = [{{ address = \"{}\", labels = {{ zone = \"east\" }} }}, \
+                     {{ address = \"{}\", labels = {{ zone = \"west\" }} }}, \
+                     {{ address = \"{}\", labels = {{ zone = \"west\" }} }}]\n",
+        test_plugin("zone-affinity"),
+        a.addr,
+        b.addr,
+        c.addr
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    let mut west = Vec::new();
+    for _ in 0..4 {
+        west.push(
+            client
+                .get_with("/", &[("x-zone", "west")])
+                .await
+                .backend()
+                .to_string(),
+        );
+    }
+    west.sort();
+    assert_eq!(
+        west,
+        ["b", "b", "c", "c"],
+        "west requests stay in the west, in turn"
+    );
+    let mut any = Vec::new();
+    for _ in 0..3 {
+        any.push(client.get("/").await.backend().to_string());
+    }
+    any.sort();
+    assert_eq!(any, ["a", "b", "c"], "no header: all backends in turn");
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}

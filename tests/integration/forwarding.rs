@@ -204,3 +204,33 @@ async fn a_malformed_request_gets_400() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(a.hits.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    // Also after a streamed body that was read to its end.
+    let request = Request::get("/stream?bytes=3000000")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let streamed = client
+        .send(request)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(streamed.len(), 3_000_000);
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!(
+        proxy.metrics.snapshot().upstream_connects,
+        1,
+        "22 sequential requests, one backend connection"
+    );
+}

@@ -1,0 +1,26 @@
+# Veer as a candidate of the shared side-by-side benchmark (../shared/bench).
+#
+#   cargo build --release
+#   EXTRA_CANDIDATES=$PWD/bench/candidates.sh ../shared/bench/run.sh \
+#     --candidates direct,nginx:1,haproxy:1,veer:1 --repeat 3
+#
+# Round robin here is the built-in Wasm plugin: every request pays a plugin
+# call, as it would in production.
+VEER_BIN=${VEER_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/veer}
+
+cand_veer() {
+  [[ -x $VEER_BIN ]] || { echo "missing $VEER_BIN: run cargo build --release" >&2; exit 1; }
+  local b list=""
+  for b in $BACKENDS; do list+="\"$b\", "; done
+  cat > "$RUNDIR/veer.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT"
+workers = $WORKERS
+
+[pools.bench]
+strategy = "round-robin"
+backends = [${list%, }]
+max_idle_per_backend = 128
+TOML
+  RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
+}
