@@ -234,3 +234,24 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         "22 sequential requests, one backend connection"
     );
 }
+
+#[tokio::test]
+async fn on_shutdown_in_flight_requests_finish_and_new_connections_are_refused() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let addr = proxy.addr;
+    let mut client = Client::h1(addr).await;
+    let in_flight = tokio::spawn(async move { client.get("/slow?ms=400").await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // the request is at the backend
+    proxy.stop().await; // returns once drained
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the in-flight request finished: {}",
+        answer.body
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}

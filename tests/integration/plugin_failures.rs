@@ -62,6 +62,16 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_deadline_and_counted() {
 }
 
 #[tokio::test]
+async fn a_plugin_growing_past_its_memory_cap_traps_and_the_request_is_served() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(&misbehave_config("grow", &[&a, &b])).await;
+    all_answered(&proxy, 5).await;
+    let m = proxy.metrics.snapshot();
+    assert!(m.plugin_traps >= 1, "64 MiB against a 16 MiB cap: {m:?}");
+    assert_eq!(m.fallback_selections, 5, "{m:?}");
+}
+
+#[tokio::test]
 async fn a_failing_plugin_is_backed_off_then_instantiated_again() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&misbehave_config("trap", &[&a])).await;

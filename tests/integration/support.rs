@@ -190,6 +190,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub metrics: Arc<veer::Metrics>,
     cancel: CancellationToken,
+    running: Option<tokio::task::JoinHandle<Result<(), veer::Error>>>,
 }
 
 impl Drop for Proxy {
@@ -204,13 +205,20 @@ impl Proxy {
             veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
         let server = veer::Server::bind(config).expect("proxy starts");
         let cancel = CancellationToken::new();
-        let proxy = Proxy {
-            addr: server.local_addr(),
-            metrics: server.metrics(),
-            cancel: cancel.clone(),
-        };
-        tokio::spawn(server.run(cancel.cancelled_owned()));
-        proxy
+        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
+        Proxy {
+            addr,
+            metrics,
+            cancel,
+            running: Some(running),
+        }
+    }
+
+    /// Asks the proxy to shut down and waits until it has drained.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        self.running.take().unwrap().await.unwrap().unwrap();
     }
 }
 

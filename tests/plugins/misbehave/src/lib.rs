@@ -1,5 +1,5 @@
 //! A plugin that misbehaves on purpose, to test that the host survives it.
-//! Its config picks how: `{"mode": "trap"}`, `"spin"`, `"empty"`, `"unknown"`,
+//! Its config picks how: `{"mode": "trap"}`, `"spin"`, `"grow"`, `"empty"`, `"unknown"`,
 //! `"refuse"` (refuses its config in `init`), or `"first"` (behaves: always
 //! the first backend).
 use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
@@ -11,6 +11,8 @@ pub enum Mode {
     Trap,
     /// `select` never returns.
     Spin,
+    /// `select` tries to allocate 64 MiB (over the host's memory cap).
+    Grow,
     /// `select` returns no candidates.
     Empty,
     /// `select` returns an id no backend has.
@@ -38,6 +40,7 @@ impl Mode {
         match mode {
             "trap" => Ok(Mode::Trap),
             "spin" => Ok(Mode::Spin),
+            "grow" => Ok(Mode::Grow),
             "empty" => Ok(Mode::Empty),
             "unknown" => Ok(Mode::Unknown),
             "first" => Ok(Mode::First),
@@ -70,6 +73,10 @@ impl Strategy for Misbehave {
             Mode::Spin => loop {
                 std::hint::black_box(&self.ids);
             },
+            Mode::Grow => {
+                let hog = vec![1u8; 64 << 20];
+                vec![std::hint::black_box(hog)[0] as u32 - 1]
+            }
             Mode::Empty => Vec::new(),
             Mode::Unknown => vec![u32::MAX],
             Mode::First => self.ids.first().copied().into_iter().collect(),
