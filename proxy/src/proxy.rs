@@ -117,10 +117,11 @@ pub async fn handle(
     // Rewrite for the backend: HTTP/1.1, origin-form URI, Host kept.
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(&mut parts.headers, client.ip(), tls, host_header.as_ref());
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = &host_header {
-            parts.headers.insert(header::HOST, h.clone());
-        }
+    if let Some(h) = host_header
+        .as_ref()
+        .filter(|_| !parts.headers.contains_key(header::HOST))
+    {
+        parts.headers.insert(header::HOST, h.clone());
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

@@ -233,10 +233,10 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(returner) = self.returner.take() {
-            if self.done || self.inner.is_end_stream() {
-                give_back(returner);
-            }
+        if let Some(returner) = self.returner.take()
+            && (self.done || self.inner.is_end_stream())
+        {
+            give_back(returner);
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod __private {
     //! public API: it changes with the WIT world.
     #![allow(missing_docs)]
 
+    #[allow(clippy::too_many_arguments)] // generated: ipv6 is a tuple of eight u16s
     pub mod bindings {
         wit_bindgen::generate!({
             world: "veer:balancer/balancer@0.1.0",
@@ -141,6 +142,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration from JSON text, as the host passes it. Useful to unit
+    /// test a strategy natively (`cargo test`) without a host.
+    pub fn new(json: impl Into<String>) -> Config {
+        Config { json: json.into() }
+    }
+
     /// The configuration as JSON text (an object; `{}` when none was given).
     pub fn as_json(&self) -> &str {
         &self.json

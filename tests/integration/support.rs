@@ -25,6 +25,7 @@ pub type TestBody = BoxBody<Bytes, std::io::Error>;
 /// - `/slow?ms=N`: answers after N ms;
 /// - `/headers`: answers with the request headers, one `name: value` a line;
 /// - anything else: its name.
+///
 /// Every answer has `x-backend: NAME`.
 pub struct Backend {
     pub addr: SocketAddr,

@@ -42,3 +42,55 @@ impl Strategy for RoundRobin {
 }
 
 export_strategy!(RoundRobin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn backends(n: u32) -> Vec<Backend> {
+        (0..n)
+            .map(|id| Backend {
+                id,
+                address: format!("10.0.0.{id}:80"),
+                weight: 1,
+                labels: vec![],
+            })
+            .collect()
+    }
+
+    fn request() -> Request {
+        Request {
+            method: veer_sdk::Method::Get,
+            host: "h".into(),
+            path: "/".into(),
+            client: Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    #[test]
+    fn each_request_starts_one_further_round_the_ring_with_the_rest_as_fallbacks() {
+        let mut rr = RoundRobin::new(Config::new("{}")).unwrap();
+        rr.set_backends(backends(3));
+        let orders: Vec<Vec<u32>> = (0..4).map(|_| rr.select(&request())).collect();
+        assert_eq!(
+            orders,
+            vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]
+        );
+    }
+
+    #[test]
+    fn a_new_backend_set_restarts_the_turn() {
+        let mut rr = RoundRobin::new(Config::new("{}")).unwrap();
+        rr.set_backends(backends(3));
+        rr.select(&request());
+        rr.set_backends(backends(2));
+        assert_eq!(rr.select(&request()), vec![0, 1]);
+    }
+
+    #[test]
+    fn any_configuration_is_refused_with_a_reason() {
+        let err = RoundRobin::new(Config::new(r#"{"weights":[1]}"#)).unwrap_err();
+        assert!(err.contains("takes no configuration"), "{err}");
+    }
+}
