@@ -19,7 +19,7 @@ use thread_local::ThreadLocal;
 
 use crate::error::PluginError;
 use crate::stats::{BackendStats, Metrics, plugin_log_allowed};
-use crate::wasm::{CallError, Instance, Limits, Method, Plugin, RequestScope, WitBackend};
+use crate::wasm::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -30,7 +30,7 @@ pub struct Balancer {
     pool: String,
     plugin: Arc<Plugin>,
     config_json: String,
-    backends: Vec<WitBackend>,
+    backends: Vec<BackendInfo>,
     stats: Arc<[Arc<BackendStats>]>,
     limits: Limits,
     failures_before_backoff: u32,
@@ -59,7 +59,7 @@ pub struct BalancerSettings<'a> {
     /// Strategy config as JSON.
     pub config_json: &'a str,
     /// The backend set pushed to the plugin.
-    pub backends: Vec<WitBackend>,
+    pub backends: Vec<BackendInfo>,
     /// Live stats, by backend id.
     pub stats: Arc<[Arc<BackendStats>]>,
     /// Per-instance limits.
@@ -137,7 +137,7 @@ impl Balancer {
     /// when the plugin cannot answer, the host's round robin does.
     pub fn select(
         &self,
-        method: &Method,
+        method: &http::Method,
         host: &str,
         path: &str,
         client: IpAddr,
@@ -162,7 +162,7 @@ impl Balancer {
             }
         }
         let instance = slot.instance.as_mut().expect("set just above");
-        match instance.select(method, host, path, client.into(), scope) {
+        match instance.select(method, host, path, client, scope) {
             Ok(mut ids) => {
                 keep_valid(&mut ids, self.stats.len());
                 if ids.is_empty() {

@@ -53,8 +53,8 @@ pub enum PluginError {
     },
     /// The component does not implement the world this host serves.
     #[error(
-        "plugin {origin} does not implement {world} (build it against the veer-sdk of this Veer version): {reason}",
-        world = crate::wasm::WORLD
+        "plugin {origin} does not implement a world this Veer serves ({worlds}); build it with a veer-sdk for one of them: {reason}",
+        worlds = crate::wasm::WORLDS
     )]
     WrongWorld {
         /// Where the plugin came from.

@@ -13,8 +13,8 @@
 //! - [`balancer`]: drives one pool's strategy plugin: an instance per worker,
 //!   answer checks, failure counting, backoff and the round-robin fallback.
 //! - [`wasm`]: the only module that touches wasmtime: `bindgen!` of the
-//!   `veer:balancer@0.1.0` world, engine, epoch deadlines, memory caps and
-//!   the host functions plugins import.
+//!   `veer:balancer@0.1.0` and `@0.2.0` worlds, engine, epoch deadlines,
+//!   memory caps and the host functions plugins import.
 //! - [`registry`]: plugins by name (embedded built-ins, files) and building
 //!   pools from a configuration.
 //! - [`stats`]: live per-backend counters and health, process counters.
@@ -69,10 +69,11 @@ pub fn check(config: &Config) -> Result<CheckReport, Error> {
         .map(|p| {
             let plugin = p.balancer.plugin();
             format!(
-                "pool {}: strategy {} {} ({}), {} backend(s)",
+                "pool {}: strategy {} {} ({}, {}), {} backend(s)",
                 p.config.name,
                 plugin.name(),
                 plugin.version(),
+                plugin.world(),
                 plugin.source(),
                 p.config.backends.len()
             )

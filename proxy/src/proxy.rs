@@ -19,7 +19,7 @@ use crate::config::{PoolConfig, Route};
 use crate::headers;
 use crate::stats::{BackendStats, Metrics};
 use crate::upstream::{self, SendError, Target, UpstreamBody};
-use crate::wasm::{Method, RequestScope};
+use crate::wasm::RequestScope;
 
 /// Routes and pools: what a configuration turns into at run time.
 pub struct State {
@@ -104,15 +104,17 @@ pub async fn handle(
     let mut scope = RequestScope {
         headers: std::mem::take(&mut parts.headers),
         uri: parts.uri.clone(),
+        response_headers: Vec::new(),
     };
     let candidates = pool.balancer.select(
-        &Method::from_http(&parts.method),
+        &parts.method,
         host,
         parts.uri.path(),
         client.ip(),
         &mut scope,
     );
     parts.headers = scope.headers;
+    let plugin_headers = scope.response_headers;
 
     // Rewrite for the backend: HTTP/1.1, origin-form URI, Host kept.
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -128,15 +130,31 @@ pub async fn handle(
         parts.uri = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
-    let mut request = Request::from_parts(parts, body);
+    let request = Request::from_parts(parts, body);
 
+    let mut response = forward(ctx, tracker, &pool, &candidates, request).await;
+    for (name, value) in plugin_headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// Tries `candidates` in order (skipping backends marked down, unless all
+/// are) until one can be reached; its response streams back.
+async fn forward(
+    ctx: &Shared,
+    tracker: &TaskTracker,
+    pool: &Pool,
+    candidates: &[u32],
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
     let config = &pool.config;
     let all_down = candidates
         .iter()
         .all(|&id| !pool.stats[id as usize].is_up());
     let mut attempts = 0u32;
     let mut last_error = String::new();
-    for &id in &candidates {
+    for &id in candidates {
         let stats = &pool.stats[id as usize];
         if attempts > config.retries {
             break;

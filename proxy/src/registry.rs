@@ -11,7 +11,7 @@ use crate::config::{Config, PluginSettings};
 use crate::error::{ConfigError, PluginError};
 use crate::proxy::{Pool, State};
 use crate::stats::{BackendStats, Metrics};
-use crate::wasm::{self, Plugin, WitBackend};
+use crate::wasm::{self, BackendInfo, Plugin};
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
@@ -134,7 +134,7 @@ impl Registry {
                 .backends
                 .iter()
                 .enumerate()
-                .map(|(id, b)| WitBackend {
+                .map(|(id, b)| BackendInfo {
                     id: id as u32,
                     address: b.address.clone(),
                     weight: b.weight,

@@ -23,6 +23,10 @@ pub struct BackendStats {
     in_flight: AtomicU32,
     /// EWMA of time to response headers, µs (0 = no sample yet).
     latency_ewma_us: AtomicU64,
+    /// Peak-EWMA of the same, µs (0 = no sample yet).
+    latency_peak_ewma_us: AtomicU64,
+    /// `now_ms()` of the last latency sample, for the peak-EWMA decay.
+    latency_stamp_ms: AtomicU64,
     /// Connection failures in a row.
     consecutive_failures: AtomicU32,
     /// `now_ms()` until which the backend is considered down.
@@ -31,6 +35,9 @@ pub struct BackendStats {
 
 /// Weight of a new latency sample in the EWMA, as a right shift: 1/8.
 const EWMA_SHIFT: u32 = 3;
+/// Decay time constant of the peak-EWMA (linkerd and Finagle use 10 s): after
+/// a slow spike, faster samples pull the value back over about this long.
+const PEAK_EWMA_TAU_MS: f64 = 10_000.0;
 
 impl BackendStats {
     /// Requests in flight.
@@ -41,6 +48,11 @@ impl BackendStats {
     /// Latency EWMA in µs.
     pub fn latency_ewma_us(&self) -> u64 {
         self.latency_ewma_us.load(Relaxed)
+    }
+
+    /// Latency peak-EWMA in µs.
+    pub fn latency_peak_ewma_us(&self) -> u64 {
+        self.latency_peak_ewma_us.load(Relaxed)
     }
 
     /// Whether the backend is not currently marked down.
@@ -67,6 +79,19 @@ impl BackendStats {
             (old + ((sample as i64 - old) >> EWMA_SHIFT)).max(1) as u64
         };
         self.latency_ewma_us.store(new, Relaxed);
+
+        // Peak-EWMA: a slower sample is taken at once; a faster one is
+        // blended in with a weight that grows with the time since the last.
+        let now = now_ms();
+        let since = now.saturating_sub(self.latency_stamp_ms.swap(now, Relaxed)) as f64;
+        let peak = self.latency_peak_ewma_us.load(Relaxed);
+        let new_peak = if sample >= peak {
+            sample
+        } else {
+            let keep = (-since / PEAK_EWMA_TAU_MS).exp();
+            (peak as f64 * keep + sample as f64 * (1.0 - keep)) as u64
+        };
+        self.latency_peak_ewma_us.store(new_peak.max(1), Relaxed);
     }
 
     /// Records a successful connection; returns true when this brings the
@@ -224,5 +249,23 @@ mod tests {
         assert_eq!(stats.latency_ewma_us(), 800);
         stats.record_latency(Duration::from_micros(1600));
         assert_eq!(stats.latency_ewma_us(), 900);
+    }
+
+    #[test]
+    fn the_peak_ewma_jumps_to_a_slow_sample_and_does_not_drop_at_once() {
+        let stats = BackendStats::default();
+        stats.record_latency(Duration::from_micros(100));
+        stats.record_latency(Duration::from_micros(50_000));
+        assert_eq!(
+            stats.latency_peak_ewma_us(),
+            50_000,
+            "a spike is taken whole"
+        );
+        stats.record_latency(Duration::from_micros(100));
+        let after = stats.latency_peak_ewma_us();
+        assert!(
+            after > 40_000,
+            "one fast sample right after barely moves it: {after}"
+        );
     }
 }

@@ -1,7 +1,10 @@
-//! The Wasm runtime: owns wasmtime's `bindgen!` for `veer:balancer@0.1.0`, the
-//! engine, the epoch ticker, compiled plugins and instances.
+//! The Wasm runtime: owns wasmtime's `bindgen!` for every world this host
+//! serves (`veer:balancer@0.1.0` and `@0.2.0`), the engine, the epoch ticker,
+//! compiled plugins and instances.
 //!
-//! Nothing outside this module touches wasmtime. A [`Plugin`] is a compiled,
+//! Nothing outside this module touches wasmtime, and nothing outside it sees a
+//! world version: plugins of either version look the same to the rest of the
+//! proxy (0.1.0 plugins simply never call the newer imports). A [`Plugin`] is a compiled,
 //! type-checked component (compiled once per load, off the request path); an
 //! [`Instance`] is one instantiation of it with its own `Store`, owned by one
 //! worker thread. Every call into an instance runs under an epoch deadline and
@@ -11,27 +14,145 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::error::PluginError;
 use crate::stats::BackendStats;
 
+/// `veer:balancer@0.1.0`, frozen: kept so plugins built for it keep working.
 #[allow(missing_docs)]
-mod bindings {
+mod v0_1 {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.0",
         world: "veer:balancer/balancer@0.1.0",
     });
 }
 
-use bindings::veer::balancer::types::BackendStats as WitBackendStats;
-pub use bindings::veer::balancer::types::{Backend as WitBackend, IpAddress, LogLevel, Method};
-use bindings::{Balancer, BalancerPre};
+/// `veer:balancer@0.2.0`, the current world (what `veer-sdk` builds).
+#[allow(missing_docs)]
+mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2.0",
+        world: "veer:balancer/balancer@0.2.0",
+    });
+}
 
-/// The WIT world this host serves, as plugins must name it.
-pub const WORLD: &str = "veer:balancer/balancer@0.1.0";
+/// The worlds this host serves, newest first.
+pub const WORLDS: &str = "veer:balancer@0.2.0 and veer:balancer@0.1.0";
+
+/// Headers a plugin may not set on a response: framing and hop-by-hop.
+const FORBIDDEN_RESPONSE_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+/// Most response headers one `select` may add.
+const MAX_RESPONSE_HEADERS: usize = 8;
+
+/// A backend as pushed to plugins (any world version).
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// Dense id, the backend's position in the pool.
+    pub id: u32,
+    /// `host:port` as configured.
+    pub address: String,
+    /// At least 1.
+    pub weight: u32,
+    /// Sorted by key.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Conversions from host types into one world's generated types; the two
+/// worlds have the same shapes under different paths.
+macro_rules! world_conversions {
+    ($world:ident) => {
+        impl $world::veer::balancer::types::Method {
+            fn from_http(method: &http::Method) -> Self {
+                use $world::veer::balancer::types::Method as M;
+                match *method {
+                    http::Method::GET => M::Get,
+                    http::Method::HEAD => M::Head,
+                    http::Method::POST => M::Post,
+                    http::Method::PUT => M::Put,
+                    http::Method::DELETE => M::Delete,
+                    http::Method::CONNECT => M::Connect,
+                    http::Method::OPTIONS => M::Options,
+                    http::Method::TRACE => M::Trace,
+                    http::Method::PATCH => M::Patch,
+                    ref other => M::Other(other.as_str().to_owned()),
+                }
+            }
+        }
+
+        impl From<std::net::IpAddr> for $world::veer::balancer::types::IpAddress {
+            fn from(ip: std::net::IpAddr) -> Self {
+                use $world::veer::balancer::types::IpAddress as A;
+                match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        let [a, b, c, d] = v4.octets();
+                        A::Ipv4((a, b, c, d))
+                    }
+                    std::net::IpAddr::V6(v6) => {
+                        let [a, b, c, d, e, f, g, h] = v6.segments();
+                        A::Ipv6((a, b, c, d, e, f, g, h))
+                    }
+                }
+            }
+        }
+
+        impl From<&BackendInfo> for $world::veer::balancer::types::Backend {
+            fn from(b: &BackendInfo) -> Self {
+                Self {
+                    id: b.id,
+                    address: b.address.clone(),
+                    weight: b.weight,
+                    labels: b.labels.clone(),
+                }
+            }
+        }
+
+        impl $world::veer::balancer::types::Host for HostState {}
+    };
+}
+
+world_conversions!(v0_1);
+world_conversions!(v0_2);
+
+/// A type-checked component, ready to instantiate, in its world.
+enum Pre {
+    V0_1(v0_1::BalancerPre<HostState>),
+    V0_2(v0_2::BalancerPre<HostState>),
+}
+
+/// An instance's exports, in its world.
+enum Exports {
+    V0_1(v0_1::Balancer),
+    V0_2(v0_2::Balancer),
+}
+
+/// The world a component was built for, from the version of the
+/// `veer:balancer/…` interfaces it imports (`None`: it imports none).
+fn world_of(component: &Component, engine: &Engine) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| {
+            let rest = name.strip_prefix("veer:balancer/")?;
+            Some(
+                rest.split_once('@')
+                    .map_or("(unversioned)", |(_, v)| v)
+                    .to_string(),
+            )
+        })
+}
 
 /// How often the epoch ticks. Deadlines are whole ticks, so this is their
 /// resolution; a 1 ms tick costs ~1000 wake-ups a second on one thread.
@@ -84,11 +205,11 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
 
         let mut linker = Linker::new(&engine);
-        Balancer::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(PluginError::engine)?;
+        type Data = wasmtime::component::HasSelf<HostState>;
+        v0_1::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+        v0_2::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -130,13 +251,45 @@ impl Runtime {
                 origin: source.into(),
                 reason: format!("{e:#}"),
             })?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(BalancerPre::new)
-            .map_err(|e| PluginError::WrongWorld {
-                origin: source.into(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::WrongWorld {
+                    origin: source.into(),
+                    reason: format!("{e:#}"),
+                })?;
+        let world = world_of(&component, &self.engine);
+        let wrong = |version: &str, e: wasmtime::Error| PluginError::WrongWorld {
+            origin: source.into(),
+            reason: format!(
+                "it was built for veer:balancer@{version} but does not match it: {e:#}"
+            ),
+        };
+        let pre = match world.as_deref() {
+            Some("0.2.0") => {
+                Pre::V0_2(v0_2::BalancerPre::new(instance_pre).map_err(|e| wrong("0.2.0", e))?)
+            }
+            Some("0.1.0") => {
+                Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e| wrong("0.1.0", e))?)
+            }
+            Some(other) => {
+                return Err(PluginError::WrongWorld {
+                    origin: source.into(),
+                    reason: format!(
+                        "it was built for veer:balancer@{other}, which this Veer does not serve"
+                    ),
+                });
+            }
+            None => match v0_2::BalancerPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::V0_2(pre),
+                Err(e2) => Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e1| {
+                    PluginError::WrongWorld {
+                        origin: source.into(),
+                        reason: format!("its exports match neither world: {e2:#}; {e1:#}"),
+                    }
+                })?),
+            },
+        };
         let mut plugin = Plugin {
             pre,
             engine: self.engine.clone(),
@@ -148,26 +301,25 @@ impl Runtime {
         probe
             .store
             .set_epoch_deadline(Limits::ticks(limits.setup_timeout));
-        let info =
-            probe
-                .bindings
-                .call_info(&mut probe.store)
-                .map_err(|e| PluginError::Trapped {
-                    plugin: source.into(),
-                    call: "info",
-                    reason: describe_trap(&e),
-                })?;
-        if !valid_name(&info.name) {
+        let (name, version) = match &probe.exports {
+            Exports::V0_1(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
+            Exports::V0_2(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
+        }
+        .map_err(|e| PluginError::Trapped {
+            plugin: source.into(),
+            call: "info",
+            reason: describe_trap(&e),
+        })?;
+        if !valid_name(&name) {
             return Err(PluginError::Invalid {
                 origin: source.into(),
                 reason: format!(
-                    "its name {:?} is not usable as a strategy name (lowercase letters, digits and `-`)",
-                    info.name
+                    "its name {name:?} is not usable as a strategy name (lowercase letters, digits and `-`)"
                 ),
             });
         }
-        plugin.name = Arc::from(info.name.as_str());
-        plugin.version = info.version;
+        plugin.name = Arc::from(name.as_str());
+        plugin.version = version;
         Ok(plugin)
     }
 }
@@ -182,7 +334,7 @@ fn valid_name(name: &str) -> bool {
 
 /// A compiled, type-checked plugin, ready to instantiate (~10 µs each).
 pub struct Plugin {
-    pre: BalancerPre<HostState>,
+    pre: Pre,
     engine: Engine,
     name: Arc<str>,
     version: String,
@@ -201,6 +353,13 @@ impl Plugin {
     /// Where it was loaded from (`builtin:NAME` or a file path).
     pub fn source(&self) -> &str {
         &self.source
+    }
+    /// The world it was built for, e.g. `veer:balancer@0.2.0`.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => "veer:balancer@0.1.0",
+            Pre::V0_2(_) => "veer:balancer@0.2.0",
+        }
     }
 }
 
@@ -256,12 +415,14 @@ pub struct RequestScope {
     pub headers: HeaderMap,
     /// The request's URI, for query parameters.
     pub uri: Uri,
+    /// Headers the plugin asked to add to the response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// One instance of a plugin with its own `Store`. Not shared between threads.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: Balancer,
+    exports: Exports,
     limits: Limits,
 }
 
@@ -287,17 +448,18 @@ impl Instance {
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(Limits::ticks(limits.setup_timeout));
-        let bindings = plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Trapped {
-                plugin: plugin.name.to_string(),
-                call: "instantiate",
-                reason: describe_trap(&e),
-            })?;
+        let exports = match &plugin.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Exports::V0_2),
+        }
+        .map_err(|e| PluginError::Trapped {
+            plugin: plugin.name.to_string(),
+            call: "instantiate",
+            reason: describe_trap(&e),
+        })?;
         Ok(Instance {
             store,
-            bindings,
+            exports,
             limits,
         })
     }
@@ -307,36 +469,53 @@ impl Instance {
     pub fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
         self.store
             .set_epoch_deadline(Limits::ticks(self.limits.setup_timeout));
-        self.bindings
-            .call_init(&mut self.store, config_json)
-            .map_err(classify)
+        match &self.exports {
+            Exports::V0_1(b) => b.call_init(&mut self.store, config_json),
+            Exports::V0_2(b) => b.call_init(&mut self.store, config_json),
+        }
+        .map_err(classify)
     }
 
     /// Pushes the backend set.
-    pub fn set_backends(&mut self, backends: &[WitBackend]) -> Result<(), CallError> {
+    pub fn set_backends(&mut self, backends: &[BackendInfo]) -> Result<(), CallError> {
         self.store
             .set_epoch_deadline(Limits::ticks(self.limits.setup_timeout));
-        self.bindings
-            .call_set_backends(&mut self.store, backends)
-            .map_err(classify)
+        match &self.exports {
+            Exports::V0_1(b) => {
+                let list: Vec<_> = backends.iter().map(Into::into).collect();
+                b.call_set_backends(&mut self.store, &list)
+            }
+            Exports::V0_2(b) => {
+                let list: Vec<_> = backends.iter().map(Into::into).collect();
+                b.call_set_backends(&mut self.store, &list)
+            }
+        }
+        .map_err(classify)
     }
 
     /// Calls `select`. `scope` is lent to the plugin for the call and handed
     /// back in all cases.
     pub fn select(
         &mut self,
-        method: &Method,
+        method: &http::Method,
         host: &str,
         path: &str,
-        client: IpAddress,
+        client: std::net::IpAddr,
         scope: &mut RequestScope,
     ) -> Result<Vec<u32>, CallError> {
         self.store
             .set_epoch_deadline(Limits::ticks(self.limits.select_timeout));
         self.store.data_mut().request = Some(std::mem::take(scope));
-        let result = self
-            .bindings
-            .call_select(&mut self.store, method, host, path, client);
+        let result = match &self.exports {
+            Exports::V0_1(b) => {
+                let method = v0_1::veer::balancer::types::Method::from_http(method);
+                b.call_select(&mut self.store, &method, host, path, client.into())
+            }
+            Exports::V0_2(b) => {
+                let method = v0_2::veer::balancer::types::Method::from_http(method);
+                b.call_select(&mut self.store, &method, host, path, client.into())
+            }
+        };
         if let Some(lent) = self.store.data_mut().request.take() {
             *scope = lent;
         }
@@ -353,15 +532,14 @@ pub struct HostState {
     plugin: Arc<str>,
 }
 
-impl bindings::veer::balancer::types::Host for HostState {}
-
-impl bindings::veer::balancer::host::Host for HostState {
-    fn header(&mut self, name: String) -> Option<String> {
-        let value = self.request.as_ref()?.headers.get(name.as_str())?;
+/// What the `host` imports do, shared by every world version.
+impl HostState {
+    fn header(&self, name: &str) -> Option<String> {
+        let value = self.request.as_ref()?.headers.get(name)?;
         value.to_str().ok().map(str::to_owned)
     }
 
-    fn cookie(&mut self, name: String) -> Option<String> {
+    fn cookie(&self, name: &str) -> Option<String> {
         let headers = &self.request.as_ref()?.headers;
         headers
             .get_all(http::header::COOKIE)
@@ -374,20 +552,11 @@ impl bindings::veer::balancer::host::Host for HostState {
             })
     }
 
-    fn query_param(&mut self, name: String) -> Option<String> {
+    fn query_param(&self, name: &str) -> Option<String> {
         let query = self.request.as_ref()?.uri.query()?;
         query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             (key == name).then(|| value.to_owned())
-        })
-    }
-
-    fn live_stats(&mut self, id: u32) -> Option<WitBackendStats> {
-        let stats = self.stats.get(id as usize)?;
-        Some(WitBackendStats {
-            in_flight: stats.in_flight(),
-            latency_ewma_us: stats.latency_ewma_us(),
-            healthy: stats.is_up(),
         })
     }
 
@@ -400,49 +569,110 @@ impl bindings::veer::balancer::host::Host for HostState {
         z ^ (z >> 31)
     }
 
-    fn log(&mut self, level: LogLevel, message: String) {
+    fn log(&self, level: tracing::Level, message: &str) {
         if !crate::stats::plugin_log_allowed() {
             return;
         }
         let plugin = &*self.plugin;
         match level {
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            _ => tracing::error!(plugin, "{message}"),
         }
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let scope = self.request.as_mut().ok_or("only during select")?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a valid header name"))?;
+        if FORBIDDEN_RESPONSE_HEADERS.contains(&name.as_str()) {
+            return Err(format!("{name} is managed by the proxy"));
+        }
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value for {name} is not a valid header value"))?;
+        if scope.response_headers.len() >= MAX_RESPONSE_HEADERS {
+            return Err(format!(
+                "at most {MAX_RESPONSE_HEADERS} response headers per request"
+            ));
+        }
+        scope.response_headers.push((name, value));
+        Ok(())
     }
 }
 
-impl Method {
-    /// The WIT method of an HTTP method, without allocating for common ones.
-    pub fn from_http(method: &http::Method) -> Method {
-        match *method {
-            http::Method::GET => Method::Get,
-            http::Method::HEAD => Method::Head,
-            http::Method::POST => Method::Post,
-            http::Method::PUT => Method::Put,
-            http::Method::DELETE => Method::Delete,
-            http::Method::CONNECT => Method::Connect,
-            http::Method::OPTIONS => Method::Options,
-            http::Method::TRACE => Method::Trace,
-            http::Method::PATCH => Method::Patch,
-            ref other => Method::Other(other.as_str().to_owned()),
-        }
+impl v0_1::veer::balancer::host::Host for HostState {
+    fn header(&mut self, name: String) -> Option<String> {
+        HostState::header(self, &name)
+    }
+    fn cookie(&mut self, name: String) -> Option<String> {
+        HostState::cookie(self, &name)
+    }
+    fn query_param(&mut self, name: String) -> Option<String> {
+        HostState::query_param(self, &name)
+    }
+    fn live_stats(&mut self, id: u32) -> Option<v0_1::veer::balancer::types::BackendStats> {
+        let stats = self.stats.get(id as usize)?;
+        Some(v0_1::veer::balancer::types::BackendStats {
+            in_flight: stats.in_flight(),
+            latency_ewma_us: stats.latency_ewma_us(),
+            healthy: stats.is_up(),
+        })
+    }
+    fn random(&mut self) -> u64 {
+        HostState::random(self)
+    }
+    fn log(&mut self, level: v0_1::veer::balancer::types::LogLevel, message: String) {
+        use v0_1::veer::balancer::types::LogLevel as L;
+        let level = match level {
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
+        HostState::log(self, level, &message)
     }
 }
 
-impl From<std::net::IpAddr> for IpAddress {
-    fn from(ip: std::net::IpAddr) -> IpAddress {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
-                IpAddress::Ipv4((a, b, c, d))
-            }
-            std::net::IpAddr::V6(v6) => {
-                let [a, b, c, d, e, f, g, h] = v6.segments();
-                IpAddress::Ipv6((a, b, c, d, e, f, g, h))
-            }
-        }
+fn stats_v0_2(stats: &BackendStats) -> v0_2::veer::balancer::types::BackendStats {
+    v0_2::veer::balancer::types::BackendStats {
+        in_flight: stats.in_flight(),
+        latency_ewma_us: stats.latency_ewma_us(),
+        latency_peak_ewma_us: stats.latency_peak_ewma_us(),
+        healthy: stats.is_up(),
+    }
+}
+
+impl v0_2::veer::balancer::host::Host for HostState {
+    fn header(&mut self, name: String) -> Option<String> {
+        HostState::header(self, &name)
+    }
+    fn cookie(&mut self, name: String) -> Option<String> {
+        HostState::cookie(self, &name)
+    }
+    fn query_param(&mut self, name: String) -> Option<String> {
+        HostState::query_param(self, &name)
+    }
+    fn live_stats(&mut self, id: u32) -> Option<v0_2::veer::balancer::types::BackendStats> {
+        self.stats.get(id as usize).map(|s| stats_v0_2(s))
+    }
+    fn all_stats(&mut self) -> Vec<v0_2::veer::balancer::types::BackendStats> {
+        self.stats.iter().map(|s| stats_v0_2(s)).collect()
+    }
+    fn set_response_header(&mut self, name: String, value: String) -> Result<(), String> {
+        HostState::set_response_header(self, &name, &value)
+    }
+    fn random(&mut self) -> u64 {
+        HostState::random(self)
+    }
+    fn log(&mut self, level: v0_2::veer::balancer::types::LogLevel, message: String) {
+        use v0_2::veer::balancer::types::LogLevel as L;
+        let level = match level {
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
+        HostState::log(self, level, &message)
     }
 }

@@ -31,8 +31,9 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`) and drop the `.wasm` file where the Veer configuration names it.
-//! The WIT contract behind this crate is `veer:balancer@0.1.0` (`wit/` in the
-//! Veer repository); its documentation is the reference for every call.
+//! The WIT contract behind this crate is `veer:balancer@0.2.0`
+//! (`wit/0.2.0/` in the Veer repository); its documentation is the reference
+//! for every call.
 #![deny(missing_docs)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -46,8 +47,8 @@ pub mod __private {
     #[allow(clippy::too_many_arguments)] // generated: ipv6 is a tuple of eight u16s
     pub mod bindings {
         wit_bindgen::generate!({
-            world: "veer:balancer/balancer@0.1.0",
-            path: "../wit",
+            world: "veer:balancer/balancer@0.2.0",
+            path: "../wit/0.2.0",
             pub_export_macro: true,
             export_macro_name: "__veer_export_balancer",
             default_bindings_module: "veer_sdk::__private::bindings",
@@ -232,6 +233,18 @@ impl From<IpAddress> for IpAddr {
 /// requests, latency, health), shared by all workers; `None` for an unknown id.
 pub fn backend_stats(id: BackendId) -> Option<BackendStats> {
     host::live_stats(id)
+}
+
+/// Live statistics of every backend of this pool, indexed by id (one host call).
+pub fn all_stats() -> Vec<BackendStats> {
+    host::all_stats()
+}
+
+/// Adds a header to the response the client gets for the request being
+/// selected for (e.g. `set-cookie`). Only valid inside
+/// [`Strategy::select`]; the error says why a header was refused.
+pub fn set_response_header(name: &str, value: &str) -> Result<(), String> {
+    host::set_response_header(name, value)
 }
 
 /// A random number from the host (seedable there for reproducible tests).

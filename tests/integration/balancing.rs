@@ -106,3 +106,48 @@ async fn the_sdk_example_built_for_wasip2_serves_by_zone_label() {
     assert_eq!(any, ["a", "b", "c"], "no header: all backends in turn");
     assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
 }
+
+#[tokio::test]
+async fn a_plugin_built_for_the_older_world_0_1_0_still_loads_and_balances() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let fixture = format!(
+        "{}/../tests/fixtures/round-robin-wit-0.1.0.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[plugins]\nload = [\"{fixture}\"]\nallow_override_builtin = true\n\
+         [pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        addresses(&[&a, &b, &c])
+    ))
+    .await;
+    let seen = seven_backends_seen(Client::h1(proxy.addr).await).await;
+    assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}
+
+#[test]
+fn check_names_the_world_each_plugin_was_built_for() {
+    let fixture = format!(
+        "{}/../tests/fixtures/misbehave-wit-0.1.0.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let toml = format!(
+        "[plugins]\nload = [\"{fixture}\"]\n[pools.old]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"first\" }}\n\
+         backends = [\"127.0.0.1:9\"]\n[pools.new]\nbackends = [\"127.0.0.1:9\"]\n[[routes]]\npool = \"old\"\n"
+    );
+    let config = veer::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let report = veer::check(&config).unwrap();
+    let text = report.pools.join("\n");
+    assert!(
+        text.contains("strategy misbehave 0.1.0 (veer:balancer@0.1.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strategy round-robin 0.1.0 (veer:balancer@0.2.0"),
+        "{text}"
+    );
+}
