@@ -1,0 +1,62 @@
+//! `p2c`: power of two random choices (HAProxy's `random(2)`, Envoy's
+//! least-request). Draws `draws` distinct backends at random and sends to the
+//! one with the fewest in-flight requests per weight; the other draws, then
+//! every other backend, follow as fallbacks. Cheap at any pool size: only the
+//! drawn backends' counts are read.
+use serde::Deserialize;
+use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_strategy_kit::power_of_choices;
+
+/// `strategy_config` of `p2c`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Backends drawn per request, 1–16 (default 2).
+    pub draws: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { draws: 2 }
+    }
+}
+
+/// Weights and settings.
+#[derive(Debug)]
+pub struct P2c {
+    draws: usize,
+    weights: Vec<u32>,
+}
+
+impl Strategy for P2c {
+    const NAME: &'static str = "p2c";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn new(config: Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        if !(1..=16).contains(&settings.draws) {
+            return Err(format!(
+                "\"draws\" must be between 1 and 16, got {}",
+                settings.draws
+            ));
+        }
+        Ok(P2c {
+            draws: settings.draws as usize,
+            weights: Vec::new(),
+        })
+    }
+
+    fn set_backends(&mut self, backends: Vec<Backend>) {
+        self.weights = backends.iter().map(|b| b.weight).collect();
+    }
+
+    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
+        let weights = &self.weights;
+        power_of_choices(weights.len(), self.draws, &mut veer_sdk::random, |i| {
+            let in_flight = veer_sdk::backend_stats(i as u32).map_or(0, |s| s.in_flight);
+            in_flight as f64 / weights[i].max(1) as f64
+        })
+    }
+}
+
+export_strategy!(P2c);
