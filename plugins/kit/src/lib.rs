@@ -64,7 +64,7 @@ impl SmoothWeighted {
     }
 
     /// The next index (`None` when there are no weights).
-    pub fn next(&mut self) -> Option<usize> {
+    pub fn pick(&mut self) -> Option<usize> {
         let mut best: Option<usize> = None;
         for i in 0..self.weights.len() {
             self.current[i] += self.weights[i];
@@ -198,7 +198,7 @@ mod tests {
     fn smooth_weighted_round_robin_matches_nginx_for_5_1_1() {
         let mut wrr = SmoothWeighted::new(&[5, 1, 1]);
         let picks: String = (0..7)
-            .map(|_| (b'a' + wrr.next().unwrap() as u8) as char)
+            .map(|_| (b'a' + wrr.pick().unwrap() as u8) as char)
             .collect();
         assert_eq!(picks, "aabacaa");
     }
@@ -209,7 +209,7 @@ mod tests {
         let mut wrr = SmoothWeighted::new(&weights);
         let mut counts = [0; 4];
         for _ in 0..13 * 10 {
-            counts[wrr.next().unwrap()] += 1;
+            counts[wrr.pick().unwrap()] += 1;
         }
         assert_eq!(counts, [30, 20, 70, 10]);
     }

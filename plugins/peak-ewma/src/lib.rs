@@ -57,7 +57,7 @@ impl Strategy for PeakEwma {
                 s.draws
             ));
         }
-        if !(s.default_rtt_ms > 0.0) {
+        if s.default_rtt_ms.is_nan() || s.default_rtt_ms <= 0.0 {
             return Err(format!(
                 "\"default_rtt_ms\" must be positive, got {}",
                 s.default_rtt_ms

@@ -28,7 +28,7 @@ impl Strategy for WeightedRoundRobin {
 
     fn select(&mut self, _request: &Request) -> Vec<BackendId> {
         self.cycle
-            .next()
+            .pick()
             .map_or_else(Vec::new, |i| rotate_from(&self.ids, i))
     }
 }
