@@ -5,5 +5,6 @@ mod balancing;
 mod config;
 mod forwarding;
 mod plugin_failures;
+mod strategies;
 mod streaming;
 mod support;

@@ -34,7 +34,16 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     /// Bytes `/stream` has handed to hyper so far.
     pub produced: Arc<AtomicU64>,
+    /// Requests being answered now, and the most at once so far.
+    pub concurrency: Arc<Concurrency>,
     cancel: CancellationToken,
+}
+
+/// A gauge of requests in progress and its high-water mark.
+#[derive(Default)]
+pub struct Concurrency {
+    now: AtomicU64,
+    pub max: AtomicU64,
 }
 
 impl Drop for Backend {
@@ -45,32 +54,53 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
+        Backend::start_with(name, Duration::ZERO).await
+    }
+
+    /// A backend that waits `delay` before every answer (a slow backend).
+    pub async fn start_with(name: &str, delay: Duration) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Backend {
             addr: listener.local_addr().unwrap(),
             name: name.to_string(),
             hits: Arc::default(),
             produced: Arc::default(),
+            concurrency: Arc::default(),
             cancel: CancellationToken::new(),
         };
-        let (name, hits, produced, cancel) = (
-            backend.name.clone(),
+        let name = backend.name.clone();
+        let (hits, produced, concurrency) = (
             backend.hits.clone(),
             backend.produced.clone(),
-            backend.cancel.clone(),
+            backend.concurrency.clone(),
         );
+        let cancel = backend.cancel.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     _ = cancel.cancelled() => return,
                     accepted = listener.accept() => accepted.unwrap().0,
                 };
-                let (name, hits, produced, cancel) =
-                    (name.clone(), hits.clone(), produced.clone(), cancel.clone());
+                let (name, hits, produced, concurrency) = (
+                    name.clone(),
+                    hits.clone(),
+                    produced.clone(),
+                    concurrency.clone(),
+                );
+                let cancel = cancel.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::Relaxed);
-                        backend_answer(name.clone(), produced.clone(), req)
+                        let (name, produced, concurrency) =
+                            (name.clone(), produced.clone(), concurrency.clone());
+                        async move {
+                            let now = concurrency.now.fetch_add(1, Ordering::SeqCst) + 1;
+                            concurrency.max.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            let answer = backend_answer(name, produced, req).await;
+                            concurrency.now.fetch_sub(1, Ordering::SeqCst);
+                            answer
+                        }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -268,6 +298,16 @@ impl Client {
         Client::H1(sender)
     }
 
+    /// An HTTP/1.1 client connecting from `source` (any 127.0.0.0/8 address).
+    pub async fn h1_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let io = TokioIo::new(socket.connect(addr).await.unwrap());
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Client::H1(sender)
+    }
+
     pub async fn h2(addr: SocketAddr) -> Client {
         let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -320,4 +360,37 @@ impl Client {
             body: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
+}
+
+/// `clients` concurrent HTTP/1.1 clients each send `each` GETs of `path` with
+/// `headers`; returns how many answers each backend gave (by `x-backend`).
+/// Every answer must be 200. Bounded: clients × each requests.
+pub async fn load(
+    addr: SocketAddr,
+    clients: usize,
+    each: usize,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> std::collections::BTreeMap<String, usize> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = Client::h1(addr).await;
+                let mut seen = Vec::with_capacity(each);
+                for _ in 0..each {
+                    let answer = client.get_with(path, headers).await;
+                    assert_eq!(answer.status, 200, "{}", answer.body);
+                    seen.push(answer.backend().to_string());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        for name in task.await.unwrap() {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    counts
 }

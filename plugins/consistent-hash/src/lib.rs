@@ -6,6 +6,10 @@
 //! (Google's lookup table, `table_size` slots). With `bounded_load = c` (e.g.
 //! 1.25) no backend takes more than c × its share of the in-flight load: a
 //! hot key spills to the next backends on the ring.
+//!
+//! A backend's place on the ring comes from its `hash_key` label when it has
+//! one, else from its address: give backends a `hash_key` to keep their keys
+//! when their address changes.
 use serde::Deserialize;
 use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
 use veer_strategy_kit::{Distinct, Ketama, Maglev, bounded, hash};
@@ -104,11 +108,20 @@ pub struct ConsistentHash {
 }
 
 impl ConsistentHash {
-    /// Builds the ring for `backends` (names: their addresses).
+    /// Builds the ring for `backends`, each placed by its `hash_key` label or
+    /// else its address.
     pub fn build(&mut self, backends: &[Backend]) {
+        let ring_name = |b: &'_ Backend| -> String {
+            b.labels
+                .iter()
+                .find(|(k, _)| k == "hash_key")
+                .map_or_else(|| b.address.clone(), |(_, v)| v.clone())
+        };
+        let names: Vec<String> = backends.iter().map(ring_name).collect();
         let set: Vec<(u32, &str, u32)> = backends
             .iter()
-            .map(|b| (b.id, b.address.as_str(), b.weight))
+            .zip(&names)
+            .map(|(b, name)| (b.id, name.as_str(), b.weight))
             .collect();
         self.ring = match self.settings.ring.as_str() {
             "maglev" => Ring::Maglev(Maglev::new(&set, self.settings.table_size)),
@@ -233,6 +246,32 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted.len(), 4, "{ring}: {order:?}");
         }
+    }
+
+    #[test]
+    fn a_hash_key_label_places_a_backend_whatever_its_address() {
+        let backend = |address: &str| Backend {
+            id: 0,
+            address: address.into(),
+            weight: 1,
+            labels: vec![("hash_key".into(), "a".into())],
+        };
+        let other = Backend {
+            id: 1,
+            address: "10.0.0.9:80".into(),
+            weight: 1,
+            labels: vec![],
+        };
+        let mut s = ConsistentHash::new(Config::new("{}")).unwrap();
+        s.set_backends(vec![backend("10.0.0.1:80"), other.clone()]);
+        let before: Vec<u32> = (0..50u32)
+            .map(|k| s.order(&k.to_le_bytes(), Vec::new)[0])
+            .collect();
+        s.set_backends(vec![backend("10.9.9.9:8080"), other]);
+        let after: Vec<u32> = (0..50u32)
+            .map(|k| s.order(&k.to_le_bytes(), Vec::new)[0])
+            .collect();
+        assert_eq!(before, after);
     }
 
     #[test]
