@@ -656,6 +656,9 @@ impl v0_2::veer::balancer::host::Host for HostState {
     fn live_stats(&mut self, id: u32) -> Option<v0_2::veer::balancer::types::BackendStats> {
         self.stats.get(id as usize).map(|s| stats_v0_2(s))
     }
+    fn all_in_flight(&mut self) -> Vec<u32> {
+        self.stats.iter().map(|s| s.in_flight()).collect()
+    }
     fn all_stats(&mut self) -> Vec<v0_2::veer::balancer::types::BackendStats> {
         self.stats.iter().map(|s| stats_v0_2(s)).collect()
     }

@@ -240,6 +240,12 @@ pub fn all_stats() -> Vec<BackendStats> {
     host::all_stats()
 }
 
+/// In-flight requests of every backend of this pool, indexed by id: the
+/// cheapest way to compare load across a large pool.
+pub fn all_in_flight() -> Vec<u32> {
+    host::all_in_flight()
+}
+
 /// Adds a header to the response the client gets for the request being
 /// selected for (e.g. `set-cookie`). Only valid inside
 /// [`Strategy::select`]; the error says why a header was refused.

@@ -198,9 +198,7 @@ impl Strategy for ConsistentHash {
             || request.client.to_string().into_bytes(),
             String::into_bytes,
         );
-        self.order(&key, || {
-            veer_sdk::all_stats().iter().map(|s| s.in_flight).collect()
-        })
+        self.order(&key, veer_sdk::all_in_flight)
     }
 }
 

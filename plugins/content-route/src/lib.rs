@@ -238,9 +238,7 @@ impl Strategy for ContentRoute {
             Method::Other(m) => m.clone(),
         };
         let facts = Live(request, method);
-        self.order(&facts, veer_sdk::random(), || {
-            veer_sdk::all_stats().iter().map(|s| s.in_flight).collect()
-        })
+        self.order(&facts, veer_sdk::random(), veer_sdk::all_in_flight)
     }
 }
 

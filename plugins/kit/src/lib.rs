@@ -17,14 +17,25 @@ mod ring;
 pub use hash::hash;
 pub use ring::{Distinct, Ketama, Maglev, bounded};
 
+/// Most candidates a strategy answers: the first choice and 7 fallbacks. The
+/// host tries at most `retries + 1` (3 by default) and skips backends it knows
+/// are down, so 8 leaves room; answering all of a large pool would cost a
+/// list copy per request for nothing.
+pub const MAX_CANDIDATES: usize = 8;
+
 /// `ids` starting at position `start`, wrapping: the first choice, then the
-/// rest in ring order as fallbacks.
+/// next ones in ring order as fallbacks (at most [`MAX_CANDIDATES`]).
 pub fn rotate_from(ids: &[u32], start: usize) -> Vec<u32> {
     if ids.is_empty() {
         return Vec::new();
     }
     let start = start % ids.len();
-    ids[start..].iter().chain(&ids[..start]).copied().collect()
+    ids[start..]
+        .iter()
+        .chain(&ids[..start])
+        .take(MAX_CANDIDATES)
+        .copied()
+        .collect()
 }
 
 /// The index chosen by `r` among `weights` (each ≥ 1), proportionally.
@@ -103,27 +114,39 @@ pub fn power_of_choices(
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let first = scored[0].1;
     let mut order: Vec<u32> = scored.iter().map(|&(_, i)| i as u32).collect();
+    let rest = (1..n)
+        .map(|k| (first + k) % n)
+        .filter(|i| !drawn.contains(i));
     order.extend(
-        (1..n)
-            .map(|k| ((first + k) % n) as u32)
-            .filter(|i| !drawn.contains(&(*i as usize))),
+        rest.take(MAX_CANDIDATES.saturating_sub(order.len()))
+            .map(|i| i as u32),
     );
+    order.truncate(MAX_CANDIDATES);
     order
 }
 
-/// Orders backends by load, least first: `in_flight[i] / weights[i]`
-/// (compared exactly, by cross-multiplying). Ties keep ring order starting at
-/// `turn`, so equally loaded backends take turns.
+/// The least loaded backends, least first, at most [`MAX_CANDIDATES`]: load is
+/// `in_flight[i] / weights[i]`, compared exactly by cross-multiplying. Ties
+/// keep ring order starting at `turn`, so equally loaded backends take turns.
+/// One pass keeping the best few: O(n), not a sort of the whole pool.
 pub fn order_by_load(in_flight: &[u32], weights: &[u32], turn: usize) -> Vec<u32> {
     let n = in_flight.len();
-    let mut order: Vec<u32> = (0..n).map(|i| ((turn + i) % n.max(1)) as u32).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (a as usize, b as usize);
-        let left = in_flight[a] as u64 * weights[b].max(1) as u64;
-        let right = in_flight[b] as u64 * weights[a].max(1) as u64;
-        left.cmp(&right) // stable: ties keep the rotated order
-    });
-    order
+    let less = |a: usize, b: usize| {
+        (in_flight[a] as u64 * weights[b].max(1) as u64)
+            < (in_flight[b] as u64 * weights[a].max(1) as u64)
+    };
+    let mut best: Vec<usize> = Vec::with_capacity(MAX_CANDIDATES + 1);
+    for k in 0..n {
+        let i = (turn + k) % n;
+        if best.len() == MAX_CANDIDATES && !less(i, best[MAX_CANDIDATES - 1]) {
+            continue;
+        }
+        // After every entry not more loaded: ties keep visiting order.
+        let at = best.iter().position(|&b| less(i, b)).unwrap_or(best.len());
+        best.insert(at, i);
+        best.truncate(MAX_CANDIDATES);
+    }
+    best.into_iter().map(|i| i as u32).collect()
 }
 
 /// How strategies that first pick a subset (content routing, sticky
@@ -256,6 +279,30 @@ mod tests {
         let mut random = Inner::Random.order(&[2, 3], &weights, &[], 0, 7);
         random.sort();
         assert_eq!(random, vec![2, 3]);
+    }
+
+    #[test]
+    fn order_by_load_keeps_only_the_least_loaded_few_of_a_large_pool() {
+        let load: Vec<u32> = (0..100).map(|i| if i % 10 == 3 { 0 } else { 5 }).collect();
+        let order = order_by_load(&load, &[1; 100], 0);
+        assert_eq!(order, vec![3, 13, 23, 33, 43, 53, 63, 73]);
+        let sorted_fully = {
+            let mut all: Vec<u32> = (0..100).collect();
+            all.sort_by_key(|&i| load[i as usize]);
+            all
+        };
+        assert_eq!(order[..], sorted_fully[..MAX_CANDIDATES]);
+    }
+
+    #[test]
+    fn answers_are_capped_at_max_candidates() {
+        let ids: Vec<u32> = (0..50).collect();
+        assert_eq!(rotate_from(&ids, 48), vec![48, 49, 0, 1, 2, 3, 4, 5]);
+        let mut rng = || 7;
+        assert_eq!(
+            power_of_choices(50, 1, &mut rng, |_| 0.0).len(),
+            MAX_CANDIDATES
+        );
     }
 
     #[test]

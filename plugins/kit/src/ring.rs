@@ -15,6 +15,12 @@
 
 use crate::hash;
 
+/// The hash of point `i` of a backend whose name hashes to `base`: no
+/// allocation per point (a ring of 256 backends has ~80k points).
+fn mix(base: u64, i: u64) -> u64 {
+    hash(&(base ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes())
+}
+
 /// A Ketama ring.
 #[derive(Debug, Clone, Default)]
 pub struct Ketama {
@@ -35,8 +41,9 @@ impl Ketama {
                 .sum(),
         );
         for &(id, name, weight) in backends {
+            let base = hash(name.as_bytes());
             for point in 0..weight.max(1) * points_per_weight {
-                points.push((hash(format!("{name}#{point}").as_bytes()), id));
+                points.push((mix(base, point as u64), id));
             }
         }
         points.sort_unstable();

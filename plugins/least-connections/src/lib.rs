@@ -26,7 +26,7 @@ impl Strategy for LeastConnections {
     }
 
     fn select(&mut self, _request: &Request) -> Vec<BackendId> {
-        let in_flight: Vec<u32> = veer_sdk::all_stats().iter().map(|s| s.in_flight).collect();
+        let in_flight: Vec<u32> = veer_sdk::all_in_flight();
         self.turn = self.turn.wrapping_add(1);
         order_by_load(&in_flight, &self.weights, self.turn)
     }

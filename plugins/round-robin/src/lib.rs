@@ -1,9 +1,13 @@
-//! `round-robin`: each request goes to the next backend in turn; the others
-//! follow as fallbacks, in ring order. Takes no configuration.
+//! `round-robin`: each request goes to the next backend in turn; the next
+//! ones follow as fallbacks, in ring order. Takes no configuration.
 //!
 //! Every worker thread has its own instance, so with N workers each keeps its
 //! own turn, as NGINX workers do.
 use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+
+/// The first choice and up to 7 fallbacks: the host tries at most
+/// `retries + 1` (3 by default), so a longer answer only costs a copy.
+const MAX_CANDIDATES: usize = 8;
 
 /// The ring of backend ids and whose turn it is.
 #[derive(Debug, Default)]
@@ -33,11 +37,8 @@ impl Strategy for RoundRobin {
         }
         let start = self.next % n;
         self.next = start + 1;
-        self.ring[start..]
-            .iter()
-            .chain(&self.ring[..start])
-            .copied()
-            .collect()
+        let ring = self.ring[start..].iter().chain(&self.ring[..start]);
+        ring.take(MAX_CANDIDATES).copied().collect()
     }
 }
 

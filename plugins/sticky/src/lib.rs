@@ -131,7 +131,7 @@ impl Strategy for Sticky {
             cookie.as_deref(),
             veer_sdk::random(),
             |id| veer_sdk::backend_stats(id).is_some_and(|s| s.healthy),
-            || veer_sdk::all_stats().iter().map(|s| s.in_flight).collect(),
+            veer_sdk::all_in_flight,
         );
         if let Some(value) = set_cookie
             && let Err(e) = veer_sdk::set_response_header("set-cookie", &value)
