@@ -79,8 +79,11 @@ fn registry() -> Registry {
         limits: LIMITS,
         failures_before_backoff: 3,
         random_seed: 1,
+        dir: None,
+        debounce: Duration::from_millis(200),
+        cache_dir: None,
     };
-    Registry::new(wasm::Runtime::new().unwrap(), &settings).unwrap()
+    Registry::new(wasm::Runtime::new(None).unwrap(), &settings).unwrap()
 }
 
 fn select(c: &mut Criterion) {
@@ -90,7 +93,7 @@ fn select(c: &mut Criterion) {
     for &n in &[16u32, 256] {
         let stats: Arc<[Arc<BackendStats>]> = (0..n).map(|_| Arc::default()).collect();
         for &(label, strategy, config) in STRATEGIES {
-            let plugin = registry.get(strategy).unwrap().unwrap();
+            let plugin = registry.resolve(strategy).unwrap().unwrap();
             let settings = BalancerSettings {
                 pool: "bench",
                 config_json: config,
@@ -144,7 +147,7 @@ fn build(c: &mut Criterion) {
         ]
         .contains(&s.0)
     }) {
-        let plugin = registry.get(strategy).unwrap().unwrap();
+        let plugin = registry.resolve(strategy).unwrap().unwrap();
         let stats: Arc<[Arc<BackendStats>]> = (0..256).map(|_| Arc::default()).collect();
         let mut instance = Instance::new(&plugin, stats, LIMITS, 1).unwrap();
         instance.init(config).unwrap().unwrap();

@@ -102,7 +102,7 @@ impl Balancer {
     }
 
     /// The plugin serving this pool.
-    pub fn plugin(&self) -> &Plugin {
+    pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }
 

@@ -98,6 +98,18 @@ pub struct PluginsSection {
     pub failures_before_backoff: u32,
     /// Seed of the `random` import; 0 seeds from the clock. Default 0.
     pub random_seed: u64,
+    /// Folder watched for `.wasm` plugins, relative to the configuration file.
+    /// A file appearing or changing there is loaded, checked and swapped in
+    /// without dropping a request; a file removed returns its pools to what
+    /// the configuration names. "" disables the folder. Default `plugins`.
+    pub dir: PathBuf,
+    /// How long a plugin file (or the configuration file) must stay unchanged
+    /// before it is loaded, ms: lets a writer finish. Default 200.
+    pub debounce_ms: u64,
+    /// Cache of compiled plugins, keyed by content and engine settings, so a
+    /// restart does not recompile. "" disables it. Default
+    /// `$XDG_CACHE_HOME/veer` or `~/.cache/veer`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsSection {
@@ -110,8 +122,45 @@ impl Default for PluginsSection {
             memory_limit_mib: 16,
             failures_before_backoff: 3,
             random_seed: 0,
+            dir: PathBuf::from("plugins"),
+            debounce_ms: 200,
+            cache_dir: None,
         }
     }
+}
+
+impl PluginsSection {
+    /// The per-instance limits these settings give.
+    pub fn limits(&self) -> crate::wasm::Limits {
+        crate::wasm::Limits {
+            select_timeout: Duration::from_millis(self.select_timeout_ms),
+            setup_timeout: Duration::from_millis(self.setup_timeout_ms),
+            memory_bytes: (self.memory_limit_mib as usize) << 20,
+        }
+    }
+}
+
+/// The default compiled-plugin cache: `$XDG_CACHE_HOME/veer`, else
+/// `$HOME/.cache/veer`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|h| PathBuf::from(h).join(".cache"))
+    };
+    xdg.or_else(home).map(|dir| dir.join("veer"))
+}
+
+/// `""` turns a path setting off. An existing folder is made absolute, so
+/// file events and directory listings name its files the same way.
+fn optional_path(base_dir: &Path, path: &Path) -> Option<PathBuf> {
+    (!path.as_os_str().is_empty()).then(|| {
+        let joined = base_dir.join(path);
+        joined.canonicalize().unwrap_or(joined)
+    })
 }
 
 /// `[[routes]]`: requests whose host and path match go to `pool`. The most
@@ -265,6 +314,8 @@ impl<'de> Deserialize<'de> for BackendSection {
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from, if any: reloaded on change and on SIGHUP.
+    pub source: Option<PathBuf>,
     /// Where to listen.
     pub listen: SocketAddr,
     /// Worker threads (resolved: never 0).
@@ -294,10 +345,16 @@ pub struct PluginSettings {
     pub failures_before_backoff: u32,
     /// See [`PluginsSection::random_seed`].
     pub random_seed: u64,
+    /// The watched plugin folder (resolved), if any.
+    pub dir: Option<PathBuf>,
+    /// See [`PluginsSection::debounce_ms`].
+    pub debounce: Duration,
+    /// The compiled-plugin cache folder (resolved), if any.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A validated route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Lowercase host, or `None` for any.
     pub host: Option<String>,
@@ -308,7 +365,7 @@ pub struct Route {
 }
 
 /// A validated pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// The pool's name.
     pub name: String,
@@ -335,7 +392,7 @@ pub struct PoolConfig {
 }
 
 /// A validated backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// As written.
     pub address: String,
@@ -356,7 +413,9 @@ impl Config {
             reason: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, base)
+        let mut config = Config::from_toml(&text, base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates configuration text.
@@ -423,13 +482,15 @@ impl ConfigFile {
         let plugins = PluginSettings {
             load: p.load.iter().map(|f| base_dir.join(f)).collect(),
             allow_override_builtin: p.allow_override_builtin,
-            limits: crate::wasm::Limits {
-                select_timeout: Duration::from_millis(p.select_timeout_ms),
-                setup_timeout: Duration::from_millis(p.setup_timeout_ms),
-                memory_bytes: (p.memory_limit_mib as usize) << 20,
-            },
+            limits: p.limits(),
             failures_before_backoff: p.failures_before_backoff.max(1),
             random_seed: p.random_seed,
+            dir: optional_path(base_dir, &p.dir),
+            debounce: Duration::from_millis(p.debounce_ms),
+            cache_dir: match &p.cache_dir {
+                Some(dir) => optional_path(base_dir, dir),
+                None => default_cache_dir(),
+            },
         };
 
         if self.pools.is_empty() {
@@ -504,6 +565,7 @@ impl ConfigFile {
         });
 
         Ok(Config {
+            source: None,
             listen,
             workers,
             header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),

@@ -100,6 +100,9 @@ pub enum Error {
     /// A plugin or the Wasm engine failed outside any pool's context.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A signal handler could not be installed.
+    #[error("could not install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
     /// The listening socket could not be set up.
     #[error("could not listen on {addr}: {source} (is another process using the port?)")]
     Listen {

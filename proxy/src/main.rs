@@ -28,11 +28,27 @@ enum Command {
         /// The TOML configuration.
         config: PathBuf,
     },
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Start three demo backends and the proxy in front of them; no file needed.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin offline: prints its name, version, WIT world and
+    /// what its `init` says of a configuration.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The strategy configuration to try, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
     },
 }
 
@@ -71,6 +87,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             control_runtime()?
                 .block_on(veer::run(loaded, shutdown_signal()))
                 .context("veer stopped")
+        }
+        Command::Plugin(PluginCommand::Check { file, config }) => {
+            let report = veer::check_plugin(&file, &config)
+                .with_context(|| format!("{} is not usable", file.display()))?;
+            println!("plugin: {} {}", report.name, report.version);
+            println!("world:  {}", report.world);
+            match report.init {
+                Ok(()) => {
+                    println!("init:   ok with {config}");
+                    Ok(())
+                }
+                Err(message) => {
+                    println!("init:   refused {config}: {message}");
+                    anyhow::bail!("{} refuses this configuration", report.name)
+                }
+            }
         }
         Command::Demo { listen } => control_runtime()?
             .block_on(veer::demo::run(listen, shutdown_signal()))

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::proxy::{self, Shared};
 use crate::registry::Registry;
+use crate::reload::{self, Command, Controller, Handle};
 use crate::stats::Metrics;
 use crate::upstream;
 use crate::wasm;
@@ -40,7 +41,12 @@ pub struct Server {
     local_addr: SocketAddr,
     config: Config,
     shared: Arc<Shared>,
-    _runtime: wasm::Runtime,
+    registry: Registry,
+    commands: (
+        tokio::sync::mpsc::UnboundedSender<Command>,
+        tokio::sync::mpsc::UnboundedReceiver<Command>,
+    ),
+    watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Server {
@@ -48,9 +54,9 @@ impl Server {
     /// until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
         let metrics = Arc::new(Metrics::default());
-        let runtime = wasm::Runtime::new()?;
-        let mut registry = Registry::new(runtime.clone(), &config.plugins)?;
-        let state = registry.build_state(&config, &metrics)?;
+        let runtime = wasm::Runtime::new(config.plugins.cache_dir.clone())?;
+        let mut registry = Registry::new(runtime, &config.plugins)?;
+        let state = registry.build_state(&config, &metrics, None)?;
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| Error::Listen {
                 addr: config.listen,
@@ -70,13 +76,25 @@ impl Server {
             state: arc_swap::ArcSwap::from_pointee(state),
             metrics,
         });
+        let commands = tokio::sync::mpsc::unbounded_channel();
+        // Watch from now on: a change made before `run` is queued, not lost.
+        let watcher = reload::watch(&config, commands.0.clone());
         Ok(Server {
             listener,
             local_addr,
             config,
             shared,
-            _runtime: runtime,
+            registry,
+            commands,
+            watcher,
         })
+    }
+
+    /// A handle to ask the running server to reload its configuration.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.commands.0.clone(),
+        }
     }
 
     /// The address actually listened on (useful with port 0).
@@ -121,12 +139,21 @@ impl Server {
             finished.push(finished_rx);
         }
         tracing::info!(addr = %self.local_addr, workers = self.config.workers, "veer is serving");
+        let (_, rx) = self.commands;
+        let controller = Controller {
+            registry: self.registry,
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            watcher: self.watcher,
+        };
+        let control = tokio::spawn(controller.run(rx, cancel.clone()));
         shutdown.await;
         tracing::info!(
             "shutting down: draining connections for up to {:?}",
             self.config.shutdown_grace
         );
         cancel.cancel();
+        let _ = control.await;
         for rx in finished {
             let _ = rx.await;
         }

@@ -157,6 +157,15 @@ pub struct Metrics {
     pub upstream_connect_errors: AtomicU64,
     /// Attempts on a further candidate after a failed one.
     pub retries: AtomicU64,
+    /// Plugin files swapped in from the plugin folder.
+    pub plugin_swaps: AtomicU64,
+    /// Plugin files refused (not Wasm, wrong world, trapped or refused in
+    /// `init`, name taken); the running plugin kept serving.
+    pub plugin_refusals: AtomicU64,
+    /// Configuration reloads applied.
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused; the running configuration stayed.
+    pub config_reload_refusals: AtomicU64,
     /// 502 answers.
     pub bad_gateway: AtomicU64,
     /// 504 answers.
@@ -176,6 +185,10 @@ pub struct MetricsSnapshot {
     pub upstream_connects: u64,
     pub upstream_connect_errors: u64,
     pub retries: u64,
+    pub plugin_swaps: u64,
+    pub plugin_refusals: u64,
+    pub config_reloads: u64,
+    pub config_reload_refusals: u64,
     pub bad_gateway: u64,
     pub gateway_timeout: u64,
 }
@@ -198,6 +211,10 @@ impl Metrics {
             upstream_connects: self.upstream_connects.load(Relaxed),
             upstream_connect_errors: self.upstream_connect_errors.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            plugin_swaps: self.plugin_swaps.load(Relaxed),
+            plugin_refusals: self.plugin_refusals.load(Relaxed),
+            config_reloads: self.config_reloads.load(Relaxed),
+            config_reload_refusals: self.config_reload_refusals.load(Relaxed),
             bad_gateway: self.bad_gateway.load(Relaxed),
             gateway_timeout: self.gateway_timeout.load(Relaxed),
         }

@@ -181,7 +181,89 @@ impl Limits {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    cache: Option<Arc<Cache>>,
     _ticker: Arc<Ticker>,
+}
+
+/// Compiled components on disk, keyed by the SHA-256 of the component and the
+/// engine's settings. Each entry starts with the SHA-256 of the artifact, which
+/// is checked before the artifact is trusted.
+struct Cache {
+    dir: std::path::PathBuf,
+    /// Hash of the engine settings compiled code depends on.
+    engine_key: u64,
+    hits: std::sync::atomic::AtomicU64,
+    compiles: std::sync::atomic::AtomicU64,
+}
+
+const DIGEST: usize = 32;
+
+fn sha256(bytes: &[u8]) -> [u8; DIGEST] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Cache {
+    fn path(&self, component: &[u8]) -> std::path::PathBuf {
+        self.dir.join(format!(
+            "{}-{:016x}.cwasm",
+            hex(&sha256(component)),
+            self.engine_key
+        ))
+    }
+
+    /// A cached compilation of `bytes`, if a sound one is there.
+    fn get(&self, engine: &Engine, bytes: &[u8]) -> Option<Component> {
+        let path = self.path(bytes);
+        let entry = std::fs::read(&path).ok()?;
+        let sound = entry.len() > DIGEST && entry[..DIGEST] == sha256(&entry[DIGEST..]);
+        if !sound {
+            tracing::warn!(entry = %path.display(), "corrupt compiled-plugin cache entry; recompiling");
+            return None;
+        }
+        // SAFETY: `deserialize` runs machine code from the artifact, so it must
+        // be one wasmtime produced. This one is: it was written by `put` below
+        // from `precompile_component`, and its SHA-256 was just checked, so it
+        // is byte for byte what was written (a truncated or altered file is
+        // refused above). wasmtime itself refuses artifacts of another
+        // version or settings. The cache folder is the operator's, like the
+        // binary.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(engine, &entry[DIGEST..]) };
+        match component {
+            Ok(component) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(component)
+            }
+            Err(e) => {
+                tracing::info!(entry = %path.display(), "stale compiled-plugin cache entry ({e}); recompiling");
+                None
+            }
+        }
+    }
+
+    /// Stores a compilation, atomically (write aside, then rename).
+    fn put(&self, bytes: &[u8], artifact: &[u8]) {
+        let path = self.path(bytes);
+        // Unique per writer: threads of one process may store the same entry.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let aside = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+        let mut entry = Vec::with_capacity(DIGEST + artifact.len());
+        entry.extend_from_slice(&sha256(artifact));
+        entry.extend_from_slice(artifact);
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&aside, &entry))
+            .and_then(|()| std::fs::rename(&aside, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&aside);
+            tracing::warn!(dir = %self.dir.display(), "could not write the compiled-plugin cache: {e}");
+        }
+    }
 }
 
 /// Increments the engine's epoch every [`EPOCH_TICK`] on a thread of its own
@@ -199,7 +281,8 @@ impl Drop for Ticker {
 impl Runtime {
     /// Creates the engine (one configuration for all plugins: compiled code is
     /// only valid for the settings it was compiled with) and starts the ticker.
-    pub fn new() -> Result<Runtime, PluginError> {
+    /// `cache_dir` keeps compiled plugins across restarts.
+    pub fn new(cache_dir: Option<std::path::PathBuf>) -> Result<Runtime, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
@@ -227,17 +310,63 @@ impl Runtime {
             })
             .map_err(|e| PluginError::engine(e.into()))?;
 
+        let cache = cache_dir.map(|dir| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            Arc::new(Cache {
+                dir,
+                engine_key: hasher.finish(),
+                hits: Default::default(),
+                compiles: Default::default(),
+            })
+        });
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
+            cache,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+
+    /// (cache hits, compilations) since start, when there is a cache.
+    pub fn cache_counts(&self) -> Option<(u64, u64)> {
+        self.cache.as_ref().map(|c| {
+            (
+                c.hits.load(Ordering::Relaxed),
+                c.compiles.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Compiles `bytes`, or takes the compilation from the cache.
+    fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let Some(cache) = &self.cache else {
+            return Component::new(&self.engine, bytes);
+        };
+        if let Some(component) = cache.get(&self.engine, bytes) {
+            return Ok(component);
+        }
+        cache.compiles.fetch_add(1, Ordering::Relaxed);
+        let artifact = self.engine.precompile_component(bytes)?;
+        cache.put(bytes, &artifact);
+        // SAFETY: the artifact was produced just now by this engine's
+        // `precompile_component`.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) };
+        component
     }
 
     /// Compiles and type-checks a component, then asks it its name and version.
     /// `source` names where the bytes came from, for messages.
     pub fn load(&self, source: &str, bytes: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Invalid {
+                origin: source.into(),
+                reason: "it is not WebAssembly (no \\0asm header); build it with `cargo build --target wasm32-wasip2`".into(),
+            });
+        }
+        let component = self.compile(bytes).map_err(|e| PluginError::Invalid {
             origin: source.into(),
             reason: format!("{e:#}"),
         })?;

@@ -4,6 +4,7 @@
 mod balancing;
 mod config;
 mod forwarding;
+mod hot_swap;
 mod plugin_failures;
 mod strategies;
 mod streaming;

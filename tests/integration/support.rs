@@ -394,3 +394,138 @@ pub async fn load(
     }
     counts
 }
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("veer-test-{}-{label}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Proxy {
+    /// Starts from a configuration file (so it can be reloaded).
+    pub async fn start_file(path: &std::path::Path) -> (Proxy, veer::Handle) {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("veer=info")
+            .try_init();
+        let config = veer::Config::load(path).expect("test config is valid");
+        let server = veer::Server::bind(config).expect("proxy starts");
+        let handle = server.handle();
+        let cancel = CancellationToken::new();
+        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
+        (
+            Proxy {
+                addr,
+                metrics,
+                cancel,
+                running: Some(running),
+            },
+            handle,
+        )
+    }
+}
+
+/// Background load: `clients` keep-alive clients send GETs until stopped (or
+/// `limit` passes), counting answers that are not 200 or that fail.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, limit: Duration) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + limit;
+                    let mut client = Client::h1(addr).await;
+                    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                        let request = Request::get("/")
+                            .header("host", "localhost")
+                            .body(empty())
+                            .unwrap();
+                        let response = match &mut client {
+                            Client::H1(s) => match s.ready().await {
+                                Ok(()) => s.send_request(request).await.ok(),
+                                Err(_) => None,
+                            },
+                            Client::H2(_) => unreachable!(),
+                        };
+                        let answered = match response {
+                            Some(r) if r.status() == 200 => r.into_body().collect().await.is_ok(),
+                            _ => false,
+                        };
+                        match answered {
+                            true => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            false => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                client = Client::h1(addr).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops and returns (ok, failed).
+    pub async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Polls with fresh requests until `backend` answers; returns how long it took.
+pub async fn until_served_by(addr: SocketAddr, backend: &str, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut client = Client::h1(addr).await;
+    loop {
+        if client.get("/").await.backend() == backend {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not served by {backend} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
