@@ -119,6 +119,18 @@ macro_rules! world_conversions {
             }
         }
 
+        impl From<$world::veer::balancer::types::LogLevel> for tracing::Level {
+            fn from(level: $world::veer::balancer::types::LogLevel) -> Self {
+                use $world::veer::balancer::types::LogLevel as L;
+                match level {
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                }
+            }
+        }
+
         impl $world::veer::balancer::types::Host for HostState {}
     };
 }
@@ -752,14 +764,7 @@ impl v0_1::veer::balancer::host::Host for HostState {
         HostState::random(self)
     }
     fn log(&mut self, level: v0_1::veer::balancer::types::LogLevel, message: String) {
-        use v0_1::veer::balancer::types::LogLevel as L;
-        let level = match level {
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        HostState::log(self, level, &message)
+        HostState::log(self, level.into(), &message)
     }
 }
 
@@ -798,13 +803,6 @@ impl v0_2::veer::balancer::host::Host for HostState {
         HostState::random(self)
     }
     fn log(&mut self, level: v0_2::veer::balancer::types::LogLevel, message: String) {
-        use v0_2::veer::balancer::types::LogLevel as L;
-        let level = match level {
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        HostState::log(self, level, &message)
+        HostState::log(self, level.into(), &message)
     }
 }

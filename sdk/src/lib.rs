@@ -264,6 +264,35 @@ pub fn log(level: LogLevel, message: &str) {
     host::log(level, message)
 }
 
+/// Helpers to unit-test a strategy natively with `cargo test`, without a
+/// host. (Host functions such as [`Request::header`] or [`random`] are not
+/// available there: keep the algorithm in functions that take what they need.)
+pub mod testing {
+    use super::{Backend, Method, Request};
+
+    /// `n` backends: ids `0..n`, addresses `10.0.0.<id>:80`, weight 1, no labels.
+    pub fn backends(n: u32) -> Vec<Backend> {
+        (0..n)
+            .map(|id| Backend {
+                id,
+                address: format!("10.0.0.{id}:80"),
+                weight: 1,
+                labels: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// `GET /` for host `example.com` from 192.0.2.1.
+    pub fn request() -> Request {
+        Request {
+            method: Method::Get,
+            host: "example.com".into(),
+            path: "/".into(),
+            client: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+        }
+    }
+}
+
 /// Exports a [`Strategy`] implementation as this component's balancer.
 ///
 /// Use it once per plugin crate, at the crate root:

@@ -39,6 +39,18 @@ fn folder_config(dir: &TempDir, backends: &[&Backend]) -> String {
     folder_config_with(dir, backends, "")
 }
 
+/// Two backends `a` and `b`, and a proxy whose `swapped` strategy is the
+/// `initial` test plugin dropped in `dir`'s plugin folder; returns the
+/// plugin's path there. (Backends first: they must outlive the proxy.)
+async fn swap_setup(dir: &TempDir, initial: &str) -> (Backend, Backend, Proxy, std::path::PathBuf) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let target = dir.join("plugins").join("swapped.wasm");
+    install(&target, &plugin_bytes(initial), false);
+    let proxy = Proxy::start(&folder_config(dir, &[&a, &b])).await;
+    (a, b, proxy, target)
+}
+
 async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
     let started = std::time::Instant::now();
     while !done() {
@@ -49,12 +61,8 @@ async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn fifty_swaps_under_load_drop_no_request_and_traffic_follows_each_plugin() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("swap");
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let target = dir.join("plugins").join("swapped.wasm");
-    install(&target, &plugin_bytes("swap-a"), false);
-    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b])).await;
+    let (_a, _b, proxy, target) = swap_setup(&dir, "swap-a").await;
     until_served_by(proxy.addr, "a", Duration::from_secs(5)).await;
 
     let (plugin_a, plugin_b) = (plugin_bytes("swap-a"), plugin_bytes("swap-b"));
@@ -94,12 +102,8 @@ async fn fifty_swaps_under_load_drop_no_request_and_traffic_follows_each_plugin(
 
 #[tokio::test]
 async fn bad_plugin_files_are_refused_and_the_running_plugin_keeps_serving() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("bad");
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let target = dir.join("plugins").join("swapped.wasm");
-    install(&target, &plugin_bytes("swap-a"), false);
-    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b])).await;
+    let (_a, _b, proxy, target) = swap_setup(&dir, "swap-a").await;
     until_served_by(proxy.addr, "a", Duration::from_secs(5)).await;
     let load = Load::start(proxy.addr, 4, Duration::from_secs(60));
 

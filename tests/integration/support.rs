@@ -292,18 +292,20 @@ impl Answer {
 
 impl Client {
     pub async fn h1(addr: SocketAddr) -> Client {
-        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        Client::H1(sender)
+        Client::h1_over(TcpStream::connect(addr).await.unwrap()).await
     }
 
     /// An HTTP/1.1 client connecting from `source` (any 127.0.0.0/8 address).
     pub async fn h1_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
-        let io = TokioIo::new(socket.connect(addr).await.unwrap());
-        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        Client::h1_over(socket.connect(addr).await.unwrap()).await
+    }
+
+    async fn h1_over(stream: TcpStream) -> Client {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Client::H1(sender)
     }

@@ -210,16 +210,7 @@ mod tests {
 
     fn strategy(config: &str, n: u32) -> ConsistentHash {
         let mut s = ConsistentHash::new(Config::new(config)).unwrap();
-        s.set_backends(
-            (0..n)
-                .map(|id| Backend {
-                    id,
-                    address: format!("10.0.0.{id}:80"),
-                    weight: 1,
-                    labels: vec![],
-                })
-                .collect(),
-        );
+        s.set_backends(veer_sdk::testing::backends(n));
         s
     }
 

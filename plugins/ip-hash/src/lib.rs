@@ -93,16 +93,7 @@ mod tests {
 
     fn strategy(mask: &str, n: u32) -> IpHash {
         let mut s = IpHash::new(Config::new(format!(r#"{{"mask":"{mask}"}}"#))).unwrap();
-        s.set_backends(
-            (0..n)
-                .map(|id| Backend {
-                    id,
-                    address: format!("b{id}"),
-                    weight: 1,
-                    labels: vec![],
-                })
-                .collect(),
-        );
+        s.set_backends(veer_sdk::testing::backends(n));
         s
     }
 

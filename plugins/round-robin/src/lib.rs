@@ -47,27 +47,7 @@ export_strategy!(RoundRobin);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-
-    fn backends(n: u32) -> Vec<Backend> {
-        (0..n)
-            .map(|id| Backend {
-                id,
-                address: format!("10.0.0.{id}:80"),
-                weight: 1,
-                labels: vec![],
-            })
-            .collect()
-    }
-
-    fn request() -> Request {
-        Request {
-            method: veer_sdk::Method::Get,
-            host: "h".into(),
-            path: "/".into(),
-            client: Ipv4Addr::LOCALHOST.into(),
-        }
-    }
+    use veer_sdk::testing::{backends, request};
 
     #[test]
     fn each_request_starts_one_further_round_the_ring_with_the_rest_as_fallbacks() {

@@ -153,16 +153,7 @@ mod tests {
 
     fn strategy() -> Sticky {
         let mut s = Sticky::new(Config::new("{}")).unwrap();
-        s.set_backends(
-            (0..3)
-                .map(|id| Backend {
-                    id,
-                    address: format!("10.0.0.{id}:80"),
-                    weight: 1,
-                    labels: vec![],
-                })
-                .collect(),
-        );
+        s.set_backends(veer_sdk::testing::backends(3));
         s
     }
 
