@@ -27,6 +27,9 @@ pub const DEMO_CONFIG: &str = r#"# veer demo: three in-process backends behind t
 listen = "{listen}"
 workers = 1
 
+[plugins]
+dir = ""   # no plugin folder for the demo
+
 [pools.demo]
 strategy = "round-robin"
 backends = [{backends}]
