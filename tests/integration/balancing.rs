@@ -21,11 +21,7 @@ async fn seven_backends_seen(mut client: Client) -> Vec<String> {
 
 #[tokio::test]
 async fn the_wasm_round_robin_visits_backends_in_exact_order_over_http1() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let proxy = Proxy::start(&round_robin_config(&[&a, &b, &c])).await;
     let seen = seven_backends_seen(Client::h1(proxy.addr).await).await;
     assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
@@ -36,11 +32,7 @@ async fn the_wasm_round_robin_visits_backends_in_exact_order_over_http1() {
 
 #[tokio::test]
 async fn the_wasm_round_robin_visits_backends_in_exact_order_over_h2c() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let proxy = Proxy::start(&round_robin_config(&[&a, &b, &c])).await;
     let seen = seven_backends_seen(Client::h2(proxy.addr).await).await;
     assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
@@ -49,7 +41,7 @@ async fn the_wasm_round_robin_visits_backends_in_exact_order_over_h2c() {
 
 #[tokio::test]
 async fn a_plugin_loaded_from_a_file_decides_the_backend() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&format!(
         "{SERVER}[plugins]\nload = [\"{}\"]\n[pools.web]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"first\" }}\nbackends = [{}]\n",
         test_plugin("misbehave"),
@@ -65,11 +57,7 @@ async fn a_plugin_loaded_from_a_file_decides_the_backend() {
 
 #[tokio::test]
 async fn the_sdk_example_built_for_wasip2_serves_by_zone_label() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let proxy = Proxy::start(&format!(
         "{SERVER}[plugins]\nload = [\"{}\"]\n[pools.web]\nstrategy = \"zone-affinity\"\n\
          backends = [{{ address = \"{}\", labels = {{ zone = \"east\" }} }}, \
@@ -109,11 +97,7 @@ async fn the_sdk_example_built_for_wasip2_serves_by_zone_label() {
 
 #[tokio::test]
 async fn a_plugin_built_for_the_older_world_0_1_0_still_loads_and_balances() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let fixture = format!(
         "{}/../tests/fixtures/round-robin-wit-0.1.0.wasm",
         env!("CARGO_MANIFEST_DIR")

@@ -142,11 +142,7 @@ async fn a_backend_slower_than_the_response_timeout_gives_504() {
 
 #[tokio::test]
 async fn requests_are_routed_by_host_and_then_longest_path_prefix() {
-    let (web, api, other) = (
-        Backend::start("web").await,
-        Backend::start("api").await,
-        Backend::start("other").await,
-    );
+    let [web, api, other] = start_backends(["web", "api", "other"]).await;
     let proxy = Proxy::start(&format!(
         "{SERVER}[pools.web]\nbackends = [{}]\n[pools.api]\nbackends = [{}]\n[pools.other]\nbackends = [{}]\n\
          [[routes]]\npool = \"web\"\n[[routes]]\npath_prefix = \"/api/\"\npool = \"api\"\n\

@@ -43,7 +43,7 @@ fn folder_config(dir: &TempDir, backends: &[&Backend]) -> String {
 /// `initial` test plugin dropped in `dir`'s plugin folder; returns the
 /// plugin's path there. (Backends first: they must outlive the proxy.)
 async fn swap_setup(dir: &TempDir, initial: &str) -> (Backend, Backend, Proxy, std::path::PathBuf) {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     let target = dir.join("plugins").join("swapped.wasm");
     install(&target, &plugin_bytes(initial), false);
@@ -170,7 +170,7 @@ async fn bad_plugin_files_are_refused_and_the_running_plugin_keeps_serving() {
 
 #[tokio::test]
 async fn deleting_a_folder_plugin_returns_its_pool_to_what_the_config_names() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let dir = TempDir::new("delete");
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     // The configuration loads B; the folder's A overrides it while present.
@@ -205,11 +205,7 @@ fn reload_config(backends: &[&Backend], strategy: &str) -> String {
 
 #[tokio::test]
 async fn config_reloads_under_load_drop_no_request_and_a_bad_one_changes_nothing() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let dir = TempDir::new("reload");
     let path = dir.join("veer.toml");
     std::fs::write(&path, reload_config(&[&a, &b], "round-robin")).unwrap();
@@ -387,7 +383,7 @@ async fn a_thousand_swaps_keep_resident_memory_within_16_mib_of_the_warm_level()
     use std::io::BufRead;
     const SWAPS: usize = 1000;
     const BOUND_KIB: u64 = 16 * 1024;
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let dir = TempDir::new("soak");
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     let target = dir.join("plugins").join("swapped.wasm");

@@ -30,7 +30,7 @@ async fn all_answered(proxy: &Proxy, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_plugin_that_traps_leaves_every_request_answered_and_the_traps_counted() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&misbehave_config("trap", &[&a, &b])).await;
     let seen = all_answered(&proxy, 20).await;
     assert_eq!(
@@ -46,7 +46,7 @@ async fn a_plugin_that_traps_leaves_every_request_answered_and_the_traps_counted
 
 #[tokio::test]
 async fn a_plugin_that_loops_forever_is_stopped_at_its_deadline_and_counted() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&misbehave_config("spin", &[&a, &b])).await;
     let started = Instant::now();
     all_answered(&proxy, 20).await;
@@ -63,7 +63,7 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_deadline_and_counted() {
 
 #[tokio::test]
 async fn a_plugin_growing_past_its_memory_cap_traps_and_the_request_is_served() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&misbehave_config("grow", &[&a, &b])).await;
     all_answered(&proxy, 5).await;
     let m = proxy.metrics.snapshot();
@@ -94,7 +94,7 @@ async fn a_failing_plugin_is_backed_off_then_instantiated_again() {
 #[tokio::test]
 async fn an_empty_or_unknown_answer_is_served_by_the_fallback_and_counted() {
     for mode in ["empty", "unknown"] {
-        let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+        let [a, b] = start_backends(["a", "b"]).await;
         let proxy = Proxy::start(&misbehave_config(mode, &[&a, &b])).await;
         all_answered(&proxy, 6).await;
         let m = proxy.metrics.snapshot();

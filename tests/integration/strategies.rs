@@ -39,11 +39,7 @@ fn share(counts: &BTreeMap<String, usize>, name: &str) -> f64 {
 
 #[tokio::test]
 async fn weighted_round_robin_follows_nginx_smooth_order() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let proxy = Proxy::start(&pool(
         "weighted-round-robin",
         "{}",
@@ -57,11 +53,7 @@ async fn weighted_round_robin_follows_nginx_smooth_order() {
 
 #[tokio::test]
 async fn random_spreads_by_weight_within_tolerance() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let proxy = Proxy::start(&pool(
         "random",
         "{}",
@@ -81,7 +73,7 @@ async fn random_spreads_by_weight_within_tolerance() {
 
 #[tokio::test]
 async fn random_without_weights_is_uniform() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&pool(
         "random",
         "{ weighted = false }",
@@ -96,7 +88,7 @@ async fn random_without_weights_is_uniform() {
 /// Two fast backends and one that takes 100 ms: strategies that read load or
 /// latency must send the slow one clearly less than round robin's third.
 async fn slow_backend_share(strategy: &str, config: &str) -> f64 {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let [a, b] = start_backends(["a", "b"]).await;
     let slow = Backend::start_with("slow", Duration::from_millis(100)).await;
     let proxy = Proxy::start(&pool(strategy, config, &addresses(&[&a, &b, &slow]), "")).await;
     let counts = load(proxy.addr, 8, 30, "/", &[]).await;
@@ -193,7 +185,7 @@ async fn owners(proxy: &Proxy, users: std::ops::Range<u32>) -> Vec<String> {
 
 #[tokio::test]
 async fn consistent_hash_keeps_keys_across_restarts_and_moves_few_when_a_backend_joins() {
-    let b: Vec<Backend> = futures_join(["a", "b", "c", "d", "e"]).await;
+    let b = start_backends(["a", "b", "c", "d", "e"]).await;
     // Ring places come from `hash_key` labels, not the test's random ports,
     // so the measured shares are the same on every run.
     let placed = |backends: &[&Backend]| {
@@ -251,14 +243,6 @@ async fn consistent_hash_keeps_keys_across_restarts_and_moves_few_when_a_backend
             moved * 100.0
         );
     }
-}
-
-async fn futures_join<const N: usize>(names: [&str; N]) -> Vec<Backend> {
-    let mut out = Vec::with_capacity(N);
-    for name in names {
-        out.push(Backend::start(name).await);
-    }
-    out
 }
 
 #[tokio::test]
@@ -328,11 +312,7 @@ fn versioned(b: &[&Backend], versions: &[&str]) -> String {
 
 #[tokio::test]
 async fn content_route_sends_a_header_to_its_labelled_subset() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let config = r#"{ rules = [{ header = "x-version", equals = "v2", labels = { version = "v2" } }, { path_prefix = "/beta", labels = { version = "v2" } }] }"#;
     let proxy = Proxy::start(&pool(
         "content-route",
@@ -365,11 +345,7 @@ async fn content_route_sends_a_header_to_its_labelled_subset() {
 
 #[tokio::test]
 async fn content_route_canary_split_sends_about_ten_percent_to_v2() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let config = r#"{ split = [{ labels = { version = "v1" }, weight = 90 }, { labels = { version = "v2" }, weight = 10 }] }"#;
     let proxy = Proxy::start(&pool(
         "content-route",

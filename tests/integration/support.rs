@@ -234,22 +234,51 @@ impl Proxy {
     pub async fn start(toml: &str) -> Proxy {
         let config =
             veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
+        Proxy::serve(config).0
+    }
+
+    /// Starts from a configuration file (so it can be reloaded).
+    pub async fn start_file(path: &std::path::Path) -> (Proxy, veer::Handle) {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("veer=info")
+            .try_init();
+        Proxy::serve(veer::Config::load(path).expect("test config is valid"))
+    }
+
+    fn serve(config: veer::Config) -> (Proxy, veer::Handle) {
         let server = veer::Server::bind(config).expect("proxy starts");
+        let handle = server.handle();
         let cancel = CancellationToken::new();
         let (addr, metrics) = (server.local_addr(), server.metrics());
         let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
-        Proxy {
-            addr,
-            metrics,
-            cancel,
-            running: Some(running),
-        }
+        (
+            Proxy {
+                addr,
+                metrics,
+                cancel,
+                running: Some(running),
+            },
+            handle,
+        )
     }
 
     /// Asks the proxy to shut down and waits until it has drained.
     pub async fn stop(mut self) {
         self.cancel.cancel();
         self.running.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// Backends named `names`, started in order.
+pub async fn start_backends<const N: usize>(names: [&str; N]) -> [Backend; N] {
+    let mut started = Vec::with_capacity(N);
+    for name in names {
+        started.push(Backend::start(name).await);
+    }
+    match started.try_into() {
+        Ok(backends) => backends,
+        Err(_) => unreachable!("exactly N were started"),
     }
 }
 
@@ -419,31 +448,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Proxy {
-    /// Starts from a configuration file (so it can be reloaded).
-    pub async fn start_file(path: &std::path::Path) -> (Proxy, veer::Handle) {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("veer=info")
-            .try_init();
-        let config = veer::Config::load(path).expect("test config is valid");
-        let server = veer::Server::bind(config).expect("proxy starts");
-        let handle = server.handle();
-        let cancel = CancellationToken::new();
-        let (addr, metrics) = (server.local_addr(), server.metrics());
-        let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
-        (
-            Proxy {
-                addr,
-                metrics,
-                cancel,
-                running: Some(running),
-            },
-            handle,
-        )
     }
 }
 
