@@ -89,6 +89,15 @@ impl SmoothWeighted {
     }
 }
 
+/// Checks a configured number of draws for [`power_of_choices`]: 1 to 16.
+pub fn checked_draws(draws: u32) -> Result<usize, String> {
+    if (1..=16).contains(&draws) {
+        Ok(draws as usize)
+    } else {
+        Err(format!("\"draws\" must be between 1 and 16, got {draws}"))
+    }
+}
+
 /// Power of `draws` random choices: draws that many distinct backends (all of
 /// them when `draws >= n`), puts the cheapest first, the other draws next by
 /// cost, then every remaining backend in ring order after the first choice.
@@ -303,6 +312,17 @@ mod tests {
             power_of_choices(50, 1, &mut rng, |_| 0.0).len(),
             MAX_CANDIDATES
         );
+    }
+
+    #[test]
+    fn draws_outside_1_to_16_are_refused_with_the_range() {
+        assert_eq!(checked_draws(2), Ok(2));
+        assert!(
+            checked_draws(0)
+                .unwrap_err()
+                .contains("between 1 and 16, got 0")
+        );
+        assert!(checked_draws(17).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! drawn backends' counts are read.
 use serde::Deserialize;
 use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
-use veer_strategy_kit::power_of_choices;
+use veer_strategy_kit::{checked_draws, power_of_choices};
 
 /// `strategy_config` of `p2c`.
 #[derive(Debug, Deserialize)]
@@ -34,14 +34,8 @@ impl Strategy for P2c {
 
     fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
-        if !(1..=16).contains(&settings.draws) {
-            return Err(format!(
-                "\"draws\" must be between 1 and 16, got {}",
-                settings.draws
-            ));
-        }
         Ok(P2c {
-            draws: settings.draws as usize,
+            draws: checked_draws(settings.draws)?,
             weights: Vec::new(),
         })
     }

@@ -6,7 +6,7 @@
 //! tried.
 use serde::Deserialize;
 use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
-use veer_strategy_kit::power_of_choices;
+use veer_strategy_kit::{checked_draws, power_of_choices};
 
 /// `strategy_config` of `peak-ewma`.
 #[derive(Debug, Deserialize)]
@@ -51,12 +51,6 @@ impl Strategy for PeakEwma {
 
     fn new(config: Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
-        if !(1..=16).contains(&s.draws) {
-            return Err(format!(
-                "\"draws\" must be between 1 and 16, got {}",
-                s.draws
-            ));
-        }
         if s.default_rtt_ms.is_nan() || s.default_rtt_ms <= 0.0 {
             return Err(format!(
                 "\"default_rtt_ms\" must be positive, got {}",
@@ -64,7 +58,7 @@ impl Strategy for PeakEwma {
             ));
         }
         Ok(PeakEwma {
-            draws: s.draws as usize,
+            draws: checked_draws(s.draws)?,
             default_rtt_us: s.default_rtt_ms * 1000.0,
             weights: Vec::new(),
         })
