@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use veer::balancer::{Balancer, BalancerSettings};
-use veer::config::PluginSettings;
-use veer::registry::Registry;
-use veer::stats::{BackendStats, Metrics};
-use veer::wasm::{self, BackendInfo, Instance, Limits, RequestScope};
+use veer::internals::{
+    BackendInfo, BackendStats, Balancer, BalancerSettings, Instance, Limits, Metrics,
+    PluginSettings, Registry, RequestScope, Runtime,
+};
 
 const LIMITS: Limits = Limits {
     select_timeout: Duration::from_millis(50),
@@ -83,7 +82,7 @@ fn registry() -> Registry {
         debounce: Duration::from_millis(200),
         cache_dir: None,
     };
-    Registry::new(wasm::Runtime::new(None).unwrap(), &settings).unwrap()
+    Registry::new(Runtime::new(None).unwrap(), &settings).unwrap()
 }
 
 fn select(c: &mut Criterion) {

@@ -1,5 +1,6 @@
 //! Typed errors of the library. Each says whose fault it is (the
 //! configuration's, a plugin's, the engine's) and what to do about it.
+//! This module is a leaf: it depends on no other module of the crate.
 
 /// A configuration that cannot be used. Names the key and the reason.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -53,12 +54,13 @@ pub enum PluginError {
     },
     /// The component does not implement the world this host serves.
     #[error(
-        "plugin {origin} does not implement a world this Veer serves ({worlds}); build it with a veer-sdk for one of them: {reason}",
-        worlds = crate::wasm::WORLDS
+        "plugin {origin} does not implement a world this Veer serves ({served}); build it with a veer-sdk for one of them: {reason}"
     )]
     WrongWorld {
         /// Where the plugin came from.
         origin: String,
+        /// The worlds this host serves.
+        served: &'static str,
         /// What the type check found.
         reason: String,
     },

@@ -2,51 +2,56 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file as documented serde structs, validated into a
-//!   run-time [`Config`]; errors name the key path.
-//! - [`server`]: listening, one worker thread per core, tracked tasks and
-//!   graceful shutdown.
-//! - [`proxy`]: the request path: route, select, forward, stream back.
-//! - [`upstream`]: keep-alive connections to backends (a pool per worker) and
-//!   sending that hands an unsent request back for the next candidate.
-//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
-//! - [`balancer`]: drives one pool's strategy plugin: an instance per worker,
-//!   answer checks, failure counting, backoff and the round-robin fallback.
-//! - [`wasm`]: the only module that touches wasmtime: `bindgen!` of the
-//!   `veer:balancer@0.1.0` and `@0.2.0` worlds, engine, epoch deadlines,
-//!   memory caps and the host functions plugins import.
-//! - [`registry`]: plugins by name (plugin folder, configured files, embedded
-//!   built-ins) and building pools from a configuration.
-//! - [`reload`]: live changes: the plugin folder watched, configuration
-//!   reloads, each swapped in atomically without dropping a request.
-//! - [`stats`]: live per-backend counters and health, process counters.
+//! The data plane (what a request touches) is apart from the control plane
+//! (what changes while Veer runs); the control plane builds what the data
+//! plane reads and swaps it in atomically, never the other way round.
+//!
+//! Data plane:
+//! - `listen/`: the listening socket, one worker thread per core, client
+//!   connections (limits, timers) and graceful shutdown.
+//! - `http/`: the path of one request: authority and route, the strategy's
+//!   candidates, header rewriting, the attempt loop (retries, timeouts) and
+//!   the bodies streamed both ways.
+//! - `upstream/`: connections to backends: a keep-alive pool per worker,
+//!   sending so that an unsent request comes back for the next candidate.
+//!
+//! Control plane:
+//! - `plugin/`: the only module that touches wasmtime: bindings per WIT
+//!   world, host imports, the compiled cache, the epoch ticker, and the
+//!   balancer that drives one pool's plugin per worker.
+//! - `control/`: the plugin registry, and reloads of the plugin folder and
+//!   the configuration.
+//!
+//! Shared by both:
+//! - [`config`]: the TOML file, one file per section, validated into plain
+//!   run-time data; errors name the key path.
+//! - `state`: routes and pools at run time (built by the control plane).
+//! - `stats`: live per-backend counters and health; process counters.
+//! - `error`: typed errors, a leaf module.
 //! - [`demo`]: `veer demo`, three in-process backends behind the proxy.
-//! - [`error`]: typed errors.
 //!
 //! Strategies only *order* candidates; the host owns health, counters,
 //! retries and timeouts.
 #![deny(unsafe_code)] // one audited exception: loading compiled plugins from the cache (wasm.rs)
 #![warn(missing_docs)]
 
-pub mod balancer;
 pub mod config;
+mod control;
 pub mod demo;
-pub mod error;
-pub mod headers;
-pub mod proxy;
-pub mod registry;
-pub mod reload;
-pub mod server;
-pub mod stats;
-pub mod upstream;
-pub mod wasm;
+mod error;
+mod http;
+mod listen;
+mod plugin;
+mod state;
+mod stats;
+mod upstream;
 
 use std::future::Future;
 
 pub use config::Config;
+pub use control::reload::Handle;
 pub use error::{ConfigError, Error, PluginError};
-pub use reload::Handle;
-pub use server::Server;
+pub use listen::Server;
 pub use stats::{Metrics, MetricsSnapshot};
 
 /// Serves `config` until `shutdown` completes, then drains in-flight requests.
@@ -77,8 +82,8 @@ pub struct CheckReport {
 /// Validates `config` fully without serving: loads its plugins and initialises
 /// each pool's strategy with its configuration, as a start would.
 pub fn check(config: &Config) -> Result<CheckReport, Error> {
-    let runtime = wasm::Runtime::new(config.plugins.cache_dir.clone())?;
-    let mut registry = registry::Registry::new(runtime, &config.plugins)?;
+    let runtime = plugin::Runtime::new(config.plugins.cache_dir.clone())?;
+    let mut registry = control::registry::Registry::new(runtime, &config.plugins)?;
     let state = registry.build_state(config, &std::sync::Arc::new(Metrics::default()), None)?;
     let pools = state
         .pools
@@ -117,14 +122,14 @@ pub struct PluginReport {
 /// `config_json`. Errors are the file's: unreadable, not a component, wrong
 /// world, or a trap.
 pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginReport, Error> {
-    let runtime = wasm::Runtime::new(None)?;
+    let runtime = plugin::Runtime::new(None)?;
     let bytes = std::fs::read(path).map_err(|e| PluginError::Invalid {
         origin: path.display().to_string(),
         reason: format!("could not read it: {e}"),
     })?;
     let limits = config::PluginsSection::default().limits();
     let plugin = runtime.load(&path.display().to_string(), &bytes, limits)?;
-    let mut instance = wasm::Instance::new(&plugin, std::sync::Arc::from([]), limits, 1)?;
+    let mut instance = plugin::Instance::new(&plugin, std::sync::Arc::from([]), limits, 1)?;
     let init = instance
         .init(config_json)
         .map_err(|e| PluginError::Trapped {
@@ -138,4 +143,15 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
         world: plugin.world(),
         init,
     })
+}
+
+/// Internals the benchmarks (`bench/`) and a few tests drive directly. Not a
+/// stable API: nothing outside this repository should use it.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::config::{PluginLimits, PluginSettings};
+    pub use crate::control::registry::Registry;
+    pub use crate::plugin::balancer::{Balancer, BalancerSettings};
+    pub use crate::plugin::{BackendInfo, Instance, Limits, RequestScope, Runtime};
+    pub use crate::stats::{BackendStats, Metrics};
 }

@@ -283,7 +283,7 @@ fn the_compiled_plugin_cache_is_used_on_restart_and_a_corrupt_entry_is_recompile
     let bytes = plugin_bytes("swap-a");
     let limits = veer::config::PluginsSection::default().limits();
     let load = |expect: (u64, u64)| {
-        let runtime = veer::wasm::Runtime::new(Some(dir.0.clone())).unwrap();
+        let runtime = veer::internals::Runtime::new(Some(dir.0.clone())).unwrap();
         let plugin = runtime.load("swap-a", &bytes, limits).unwrap();
         assert_eq!(plugin.name(), "swapped");
         assert_eq!(runtime.cache_counts(), Some(expect), "(hits, compiles)");

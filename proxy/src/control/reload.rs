@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::proxy::Shared;
-use crate::registry::{Registry, is_plugin_file};
+use crate::control::registry::{Registry, is_plugin_file};
+use crate::state::Shared;
 use crate::stats::Metrics;
 
 /// What the controller is asked to do.
@@ -198,11 +198,13 @@ impl Controller {
             Ok(new) => new,
             Err(e) => return refuse(e.to_string()),
         };
-        if new.listen != self.config.listen || new.workers != self.config.workers {
+        if new.server.listen != self.config.server.listen
+            || new.server.workers != self.config.server.workers
+        {
             tracing::warn!(
                 "server.listen and server.workers change only with a restart; keeping {} with {} workers",
-                self.config.listen,
-                self.config.workers
+                self.config.server.listen,
+                self.config.server.workers
             );
         }
         let old_settings = self.config.plugins.clone();
@@ -213,12 +215,11 @@ impl Controller {
         match self.registry.build_state(&new, &metrics, Some(&current)) {
             Ok(state) => {
                 self.shared.state.store(Arc::new(state));
-                let (listen, workers) = (self.config.listen, self.config.workers);
-                self.config = Config {
-                    listen,
-                    workers,
-                    ..new
-                };
+                // Listening settings stay until a restart; the others apply.
+                let mut new = new;
+                new.server.listen = self.config.server.listen;
+                new.server.workers = self.config.server.workers;
+                self.config = new;
                 Metrics::inc(&metrics.config_reloads);
                 tracing::info!(file = %path.display(), "configuration reloaded");
             }

@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, BalancerSettings};
 use crate::config::{Config, PluginSettings};
 use crate::error::{ConfigError, PluginError};
-use crate::proxy::{Pool, State};
+use crate::plugin::balancer::{Balancer, BalancerSettings};
+use crate::plugin::{self, BackendInfo, Plugin};
+use crate::state::{Pool, State};
 use crate::stats::{BackendStats, Metrics};
-use crate::wasm::{self, BackendInfo, Plugin};
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
@@ -36,7 +36,7 @@ fn is_builtin(name: &str) -> bool {
 
 /// The plugins known to a running proxy (or a `veer check`).
 pub struct Registry {
-    runtime: wasm::Runtime,
+    runtime: plugin::Runtime,
     settings: PluginSettings,
     builtins: BTreeMap<String, Arc<Plugin>>,
     loaded: BTreeMap<String, Arc<Plugin>>,
@@ -47,7 +47,10 @@ impl Registry {
     /// Loads the files the configuration names (an error names
     /// `plugins.load[i]`), then every `.wasm` in the plugin folder (a bad
     /// folder file is logged and skipped, as it would be at run time).
-    pub fn new(runtime: wasm::Runtime, settings: &PluginSettings) -> Result<Registry, ConfigError> {
+    pub fn new(
+        runtime: plugin::Runtime,
+        settings: &PluginSettings,
+    ) -> Result<Registry, ConfigError> {
         let mut registry = Registry {
             runtime,
             settings: settings.clone(),
@@ -63,7 +66,7 @@ impl Registry {
     }
 
     /// The Wasm runtime plugins are loaded into.
-    pub fn runtime(&self) -> &wasm::Runtime {
+    pub fn runtime(&self) -> &plugin::Runtime {
         &self.runtime
     }
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
 use crate::error::PluginError;
+use crate::plugin::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
 use crate::stats::{BackendStats, Metrics, plugin_log_allowed};
-use crate::wasm::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);

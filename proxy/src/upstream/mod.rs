@@ -9,35 +9,28 @@
 //! body has been read to its end ([`UpstreamBody`]); a response dropped early
 //! closes its connection, as it must.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+//!
+//! Files: [`pool`] (idle connections, per worker), [`body`] (the response
+//! body that returns its connection when read to the end).
 
-use bytes::Bytes;
+pub mod body;
+mod pool;
+
+use std::net::SocketAddr;
+use std::task::Poll;
+use std::time::Duration;
+
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use crate::stats::{InFlight, Metrics};
-
-type Sender = http1::SendRequest<Incoming>;
-
-struct IdleConn {
-    sender: Sender,
-    expires: Instant,
-}
-
-thread_local! {
-    /// This worker's idle connections, by backend address.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
-}
+use crate::stats::Metrics;
+pub use body::UpstreamBody;
+pub use pool::sweep_idle;
+use pool::{Returner, Sender, checkout};
 
 /// How to reach one backend.
 #[derive(Debug, Clone, Copy)]
@@ -72,11 +65,6 @@ pub struct Exchange {
     /// The backend's response (head read, body still streaming).
     pub response: Response<Incoming>,
     returner: Returner,
-}
-
-struct Returner {
-    sender: Sender,
-    target: Target,
 }
 
 /// Sends `request` to `target` on a pooled connection, or a new one.
@@ -162,105 +150,4 @@ async fn connect(target: Target, tracker: &TaskTracker) -> Result<Sender, String
         }
     });
     Ok(sender)
-}
-
-fn checkout(addr: SocketAddr) -> Option<Sender> {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let conns = idle.get_mut(&addr)?;
-        let now = Instant::now();
-        while let Some(conn) = conns.pop() {
-            if conn.expires > now && !conn.sender.is_closed() {
-                return Some(conn.sender);
-            }
-        }
-        None
-    })
-}
-
-fn give_back(returner: Returner) {
-    let Returner { sender, target } = returner;
-    if sender.is_closed() || target.max_idle == 0 {
-        return;
-    }
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let conns = idle.entry(target.addr).or_default();
-        if conns.len() < target.max_idle {
-            conns.push(IdleConn {
-                sender,
-                expires: Instant::now() + target.idle_timeout,
-            });
-        }
-    });
-}
-
-/// Closes this worker's idle connections that have expired; all of them when
-/// `all` (at shutdown).
-pub fn sweep_idle(all: bool) {
-    let now = Instant::now();
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        idle.retain(|_, conns| {
-            conns.retain(|c| !all && c.expires > now && !c.sender.is_closed());
-            !conns.is_empty()
-        });
-    });
-}
-
-/// A backend's response body, streamed through. Returns the connection to the
-/// pool once read to the end, and keeps the backend's in-flight count until
-/// then.
-pub struct UpstreamBody {
-    inner: Incoming,
-    returner: Option<Returner>,
-    done: bool,
-    _in_flight: InFlight,
-}
-
-impl UpstreamBody {
-    /// Wraps `exchange`'s body; returns the response head and the body.
-    pub fn wrap(exchange: Exchange, in_flight: InFlight) -> Response<UpstreamBody> {
-        let Exchange { response, returner } = exchange;
-        response.map(|inner| UpstreamBody {
-            inner,
-            returner: Some(returner),
-            done: false,
-            _in_flight: in_flight,
-        })
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let Some(returner) = self.returner.take()
-            && (self.done || self.inner.is_end_stream())
-        {
-            give_back(returner);
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done = true;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -1,0 +1,185 @@
+//! `[plugins]`: where plugins come from and the limits every instance runs
+//! under.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{bounded_ms, optional_path};
+use crate::error::ConfigError;
+
+/// `[plugins]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Plugin files (`.wasm` components) to load besides the built-ins, relative
+    /// to the configuration file. Each is registered under the name it gives
+    /// itself. Default none.
+    pub load: Vec<PathBuf>,
+    /// Whether a loaded file may replace a built-in of the same name.
+    /// Default false.
+    pub allow_override_builtin: bool,
+    /// Deadline of one `select` call, ms; past it the request is served by the
+    /// host's round robin. Default 5.
+    pub select_timeout_ms: u64,
+    /// Deadline of `init` and `set-backends`, ms. Default 1000.
+    pub setup_timeout_ms: u64,
+    /// Linear memory cap per plugin instance, MiB. Default 16.
+    pub memory_limit_mib: u64,
+    /// After this many failed calls in a row, an instance is not called again
+    /// for a backoff that doubles from 100 ms up to 10 s (the host's round
+    /// robin serves meanwhile). Default 3.
+    pub failures_before_backoff: u32,
+    /// Seed of the `random` import; 0 seeds from the clock. Default 0.
+    pub random_seed: u64,
+    /// Folder watched for `.wasm` plugins, relative to the configuration file.
+    /// A file appearing or changing there is loaded, checked and swapped in
+    /// without dropping a request; a file removed returns its pools to what
+    /// the configuration names. "" disables the folder. Default `plugins`.
+    pub dir: PathBuf,
+    /// How long a plugin file (or the configuration file) must stay unchanged
+    /// before it is loaded, ms: lets a writer finish. Default 200.
+    pub debounce_ms: u64,
+    /// Cache of compiled plugins, keyed by content and engine settings, so a
+    /// restart does not recompile. "" disables it. Default
+    /// `$XDG_CACHE_HOME/veer` or `~/.cache/veer`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        PluginsSection {
+            load: Vec::new(),
+            allow_override_builtin: false,
+            select_timeout_ms: 5,
+            setup_timeout_ms: 1000,
+            memory_limit_mib: 16,
+            failures_before_backoff: 3,
+            random_seed: 0,
+            dir: PathBuf::from("plugins"),
+            debounce_ms: 200,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Deadline of one `select` call.
+    pub select_timeout: Duration,
+    /// Deadline of `info`, `init` and `set-backends` (they may build tables).
+    pub setup_timeout: Duration,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+/// Validated `[plugins]`.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Files to load (absolute, or relative to the working directory).
+    pub load: Vec<PathBuf>,
+    /// See [`PluginsSection::allow_override_builtin`].
+    pub allow_override_builtin: bool,
+    /// Limits of every instance.
+    pub limits: PluginLimits,
+    /// See [`PluginsSection::failures_before_backoff`].
+    pub failures_before_backoff: u32,
+    /// See [`PluginsSection::random_seed`].
+    pub random_seed: u64,
+    /// The watched plugin folder (resolved), if any.
+    pub dir: Option<PathBuf>,
+    /// See [`PluginsSection::debounce_ms`].
+    pub debounce: Duration,
+    /// The compiled-plugin cache folder (resolved), if any.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl PluginsSection {
+    /// The per-instance limits these settings give (unchecked: for tools that
+    /// take the defaults).
+    pub fn limits(&self) -> PluginLimits {
+        PluginLimits {
+            select_timeout: Duration::from_millis(self.select_timeout_ms),
+            setup_timeout: Duration::from_millis(self.setup_timeout_ms),
+            memory_bytes: (self.memory_limit_mib as usize) << 20,
+        }
+    }
+
+    /// Checks the section; relative paths are taken from `base_dir`.
+    pub fn validate(&self, base_dir: &Path) -> Result<PluginSettings, ConfigError> {
+        bounded_ms(
+            "plugins.select_timeout_ms",
+            self.select_timeout_ms,
+            1,
+            10_000,
+        )?;
+        bounded_ms("plugins.setup_timeout_ms", self.setup_timeout_ms, 1, 60_000)?;
+        bounded_ms("plugins.debounce_ms", self.debounce_ms, 0, 60_000)?;
+        if !(1..=4096).contains(&self.memory_limit_mib) {
+            return Err(ConfigError::at(
+                "plugins.memory_limit_mib",
+                format!("{} is not between 1 and 4096", self.memory_limit_mib),
+            ));
+        }
+        Ok(PluginSettings {
+            load: self.load.iter().map(|f| base_dir.join(f)).collect(),
+            allow_override_builtin: self.allow_override_builtin,
+            limits: self.limits(),
+            failures_before_backoff: self.failures_before_backoff.max(1),
+            random_seed: self.random_seed,
+            dir: optional_path(base_dir, &self.dir),
+            debounce: Duration::from_millis(self.debounce_ms),
+            cache_dir: match &self.cache_dir {
+                Some(dir) => optional_path(base_dir, dir),
+                None => default_cache_dir(),
+            },
+        })
+    }
+}
+
+/// The default compiled-plugin cache: `$XDG_CACHE_HOME/veer`, else
+/// `$HOME/.cache/veer`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|h| PathBuf::from(h).join(".cache"))
+    };
+    xdg.or_else(home).map(|dir| dir.join("veer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> PluginsSection {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn the_defaults_give_a_5_ms_select_deadline_and_16_mib_of_memory() {
+        let s = section("").validate(Path::new(".")).unwrap();
+        assert_eq!(s.limits.select_timeout, Duration::from_millis(5));
+        assert_eq!(s.limits.memory_bytes, 16 << 20);
+        assert_eq!(s.failures_before_backoff, 3);
+    }
+
+    #[test]
+    fn a_memory_limit_out_of_range_names_its_key() {
+        let err = section("memory_limit_mib = 0")
+            .validate(Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("plugins.memory_limit_mib"));
+    }
+
+    #[test]
+    fn an_empty_dir_turns_the_plugin_folder_off() {
+        let s = section("dir = \"\"").validate(Path::new(".")).unwrap();
+        assert_eq!(s.dir, None);
+    }
+}

@@ -1,0 +1,180 @@
+//! The `host` imports plugins call (`header`, `cookie`, `live-stats`,
+//! `set-response-header`, …), implemented once and wired to every world.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use wasmtime::StoreLimits;
+
+use super::bindings::{v0_1, v0_2};
+use crate::stats::BackendStats;
+
+/// Headers a plugin may not set on a response: framing and hop-by-hop.
+const FORBIDDEN_RESPONSE_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+/// Most response headers one `select` may add.
+const MAX_RESPONSE_HEADERS: usize = 8;
+
+/// The request a `select` call is about, lent to the instance for the call so
+/// the `host` imports can answer from it without copying it.
+#[derive(Default)]
+pub struct RequestScope {
+    /// The request's headers (moved in for the call, moved back after).
+    pub headers: HeaderMap,
+    /// The request's URI, for query parameters.
+    pub uri: Uri,
+    /// Headers the plugin asked to add to the response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The data of each instance's `Store`: what the `host` imports read.
+pub struct HostState {
+    pub(super) limits: StoreLimits,
+    pub(super) request: Option<RequestScope>,
+    pub(super) stats: Arc<[Arc<BackendStats>]>,
+    pub(super) rng: u64,
+    pub(super) plugin: Arc<str>,
+}
+
+/// What the `host` imports do, shared by every world version.
+impl HostState {
+    fn header(&self, name: &str) -> Option<String> {
+        let value = self.request.as_ref()?.headers.get(name)?;
+        value.to_str().ok().map(str::to_owned)
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        let headers = &self.request.as_ref()?.headers;
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.to_owned())
+            })
+    }
+
+    fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.request.as_ref()?.uri.query()?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| value.to_owned())
+        })
+    }
+
+    fn random(&mut self) -> u64 {
+        // splitmix64: tiny, fast, good enough to spread load; not for secrets.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn log(&self, level: tracing::Level, message: &str) {
+        if !crate::stats::plugin_log_allowed() {
+            return;
+        }
+        let plugin = &*self.plugin;
+        match level {
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            _ => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let scope = self.request.as_mut().ok_or("only during select")?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a valid header name"))?;
+        if FORBIDDEN_RESPONSE_HEADERS.contains(&name.as_str()) {
+            return Err(format!("{name} is managed by the proxy"));
+        }
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value for {name} is not a valid header value"))?;
+        if scope.response_headers.len() >= MAX_RESPONSE_HEADERS {
+            return Err(format!(
+                "at most {MAX_RESPONSE_HEADERS} response headers per request"
+            ));
+        }
+        scope.response_headers.push((name, value));
+        Ok(())
+    }
+}
+
+impl v0_1::veer::balancer::host::Host for HostState {
+    fn header(&mut self, name: String) -> Option<String> {
+        HostState::header(self, &name)
+    }
+    fn cookie(&mut self, name: String) -> Option<String> {
+        HostState::cookie(self, &name)
+    }
+    fn query_param(&mut self, name: String) -> Option<String> {
+        HostState::query_param(self, &name)
+    }
+    fn live_stats(&mut self, id: u32) -> Option<v0_1::veer::balancer::types::BackendStats> {
+        let stats = self.stats.get(id as usize)?;
+        Some(v0_1::veer::balancer::types::BackendStats {
+            in_flight: stats.in_flight(),
+            latency_ewma_us: stats.latency_ewma_us(),
+            healthy: stats.is_up(),
+        })
+    }
+    fn random(&mut self) -> u64 {
+        HostState::random(self)
+    }
+    fn log(&mut self, level: v0_1::veer::balancer::types::LogLevel, message: String) {
+        HostState::log(self, level.into(), &message)
+    }
+}
+
+fn stats_v0_2(stats: &BackendStats) -> v0_2::veer::balancer::types::BackendStats {
+    v0_2::veer::balancer::types::BackendStats {
+        in_flight: stats.in_flight(),
+        latency_ewma_us: stats.latency_ewma_us(),
+        latency_peak_ewma_us: stats.latency_peak_ewma_us(),
+        healthy: stats.is_up(),
+    }
+}
+
+impl v0_2::veer::balancer::host::Host for HostState {
+    fn header(&mut self, name: String) -> Option<String> {
+        HostState::header(self, &name)
+    }
+    fn cookie(&mut self, name: String) -> Option<String> {
+        HostState::cookie(self, &name)
+    }
+    fn query_param(&mut self, name: String) -> Option<String> {
+        HostState::query_param(self, &name)
+    }
+    fn live_stats(&mut self, id: u32) -> Option<v0_2::veer::balancer::types::BackendStats> {
+        self.stats.get(id as usize).map(|s| stats_v0_2(s))
+    }
+    fn all_in_flight(&mut self) -> Vec<u32> {
+        self.stats.iter().map(|s| s.in_flight()).collect()
+    }
+    fn all_stats(&mut self) -> Vec<v0_2::veer::balancer::types::BackendStats> {
+        self.stats.iter().map(|s| stats_v0_2(s)).collect()
+    }
+    fn set_response_header(&mut self, name: String, value: String) -> Result<(), String> {
+        HostState::set_response_header(self, &name, &value)
+    }
+    fn random(&mut self) -> u64 {
+        HostState::random(self)
+    }
+    fn log(&mut self, level: v0_2::veer::balancer::types::LogLevel, message: String) {
+        HostState::log(self, level.into(), &message)
+    }
+}

@@ -1,0 +1,420 @@
+//! The Wasm runtime: owns wasmtime's `bindgen!` for every world this host
+//! serves (`veer:balancer@0.1.0` and `@0.2.0`), the engine, the epoch ticker,
+//! compiled plugins and instances.
+//!
+//! Nothing outside this module touches wasmtime, and nothing outside it sees a
+//! world version: plugins of either version look the same to the rest of the
+//! proxy (0.1.0 plugins simply never call the newer imports). A [`Plugin`] is a compiled,
+//! type-checked component (compiled once per load, off the request path); an
+//! [`Instance`] is one instantiation of it with its own `Store`, owned by one
+//! worker thread. Every call into an instance runs under an epoch deadline and
+//! the instance's memory cap.
+//!
+//! Files: [`bindings`] (the generated code, one module per world), [`host`]
+//! (the imports plugins call), [`cache`] (compiled plugins on disk),
+//! [`ticker`] (the epoch that makes deadlines fire), [`balancer`] (one pool's
+//! plugin per worker, with the failure policy).
+
+pub mod balancer;
+mod bindings;
+mod cache;
+mod host;
+mod ticker;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+
+use crate::error::PluginError;
+use crate::stats::BackendStats;
+use bindings::{Exports, Pre, v0_1, v0_2, world_of};
+use cache::Cache;
+pub use host::{HostState, RequestScope};
+use ticker::{EPOCH_TICK, Ticker};
+
+/// The worlds this host serves, newest first.
+pub const WORLDS: &str = "veer:balancer@0.2.0 and veer:balancer@0.1.0";
+
+/// A backend as pushed to plugins (any world version).
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// Dense id, the backend's position in the pool.
+    pub id: u32,
+    /// `host:port` as configured.
+    pub address: String,
+    /// At least 1.
+    pub weight: u32,
+    /// Sorted by key.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Limits applied to every plugin instance (validated `[plugins]` settings).
+pub type Limits = crate::config::PluginLimits;
+
+/// A deadline in whole epoch ticks.
+fn ticks(timeout: Duration) -> u64 {
+    // +1: the current tick may be about to end.
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// The engine plus what every instance is linked against. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Option<Arc<Cache>>,
+    _ticker: Arc<Ticker>,
+}
+
+impl Runtime {
+    /// Creates the engine (one configuration for all plugins: compiled code is
+    /// only valid for the settings it was compiled with) and starts the ticker.
+    /// `cache_dir` keeps compiled plugins across restarts.
+    pub fn new(cache_dir: Option<std::path::PathBuf>) -> Result<Runtime, PluginError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(PluginError::engine)?;
+
+        let mut linker = Linker::new(&engine);
+        type Data = wasmtime::component::HasSelf<HostState>;
+        v0_1::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+        v0_2::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+
+        let ticker = Ticker::start(&engine).map_err(|e| PluginError::engine(e.into()))?;
+
+        let cache = cache_dir.map(|dir| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            Arc::new(Cache {
+                dir,
+                engine_key: hasher.finish(),
+                hits: Default::default(),
+                compiles: Default::default(),
+            })
+        });
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            _ticker: Arc::new(ticker),
+        })
+    }
+
+    /// (cache hits, compilations) since start, when there is a cache.
+    pub fn cache_counts(&self) -> Option<(u64, u64)> {
+        self.cache.as_ref().map(|c| {
+            (
+                c.hits.load(Ordering::Relaxed),
+                c.compiles.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Compiles `bytes`, or takes the compilation from the cache.
+    fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let Some(cache) = &self.cache else {
+            return Component::new(&self.engine, bytes);
+        };
+        if let Some(component) = cache.get(&self.engine, bytes) {
+            return Ok(component);
+        }
+        cache.compiles.fetch_add(1, Ordering::Relaxed);
+        let artifact = self.engine.precompile_component(bytes)?;
+        cache.put(bytes, &artifact);
+        // SAFETY: the artifact was produced just now by this engine's
+        // `precompile_component`.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) };
+        component
+    }
+
+    /// Compiles and type-checks a component, then asks it its name and version.
+    /// `source` names where the bytes came from, for messages.
+    pub fn load(&self, source: &str, bytes: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Invalid {
+                origin: source.into(),
+                reason: "it is not WebAssembly (no \\0asm header); build it with `cargo build --target wasm32-wasip2`".into(),
+            });
+        }
+        let component = self.compile(bytes).map_err(|e| PluginError::Invalid {
+            origin: source.into(),
+            reason: format!("{e:#}"),
+        })?;
+        // Plugins built for wasm32-wasip2 import WASI interfaces even when they
+        // never use them. Those imports are linked to functions that trap:
+        // plugins get no ambient capabilities.
+        let mut linker = (*self.linker).clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| PluginError::Invalid {
+                origin: source.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let instance_pre =
+            linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::WrongWorld {
+                    served: WORLDS,
+                    origin: source.into(),
+                    reason: format!("{e:#}"),
+                })?;
+        let world = world_of(&component, &self.engine);
+        let wrong = |version: &str, e: wasmtime::Error| PluginError::WrongWorld {
+            served: WORLDS,
+            origin: source.into(),
+            reason: format!(
+                "it was built for veer:balancer@{version} but does not match it: {e:#}"
+            ),
+        };
+        let pre = match world.as_deref() {
+            Some("0.2.0") => {
+                Pre::V0_2(v0_2::BalancerPre::new(instance_pre).map_err(|e| wrong("0.2.0", e))?)
+            }
+            Some("0.1.0") => {
+                Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e| wrong("0.1.0", e))?)
+            }
+            Some(other) => {
+                return Err(PluginError::WrongWorld {
+                    served: WORLDS,
+                    origin: source.into(),
+                    reason: format!(
+                        "it was built for veer:balancer@{other}, which this Veer does not serve"
+                    ),
+                });
+            }
+            None => match v0_2::BalancerPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::V0_2(pre),
+                Err(e2) => Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e1| {
+                    PluginError::WrongWorld {
+                        served: WORLDS,
+                        origin: source.into(),
+                        reason: format!("its exports match neither world: {e2:#}; {e1:#}"),
+                    }
+                })?),
+            },
+        };
+        let mut plugin = Plugin {
+            pre,
+            engine: self.engine.clone(),
+            name: Arc::from(source),
+            version: String::new(),
+            source: source.into(),
+        };
+        let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
+        probe.store.set_epoch_deadline(ticks(limits.setup_timeout));
+        let (name, version) = match &probe.exports {
+            Exports::V0_1(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
+            Exports::V0_2(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
+        }
+        .map_err(|e| PluginError::Trapped {
+            plugin: source.into(),
+            call: "info",
+            reason: describe_trap(&e),
+        })?;
+        if !valid_name(&name) {
+            return Err(PluginError::Invalid {
+                origin: source.into(),
+                reason: format!(
+                    "its name {name:?} is not usable as a strategy name (lowercase letters, digits and `-`)"
+                ),
+            });
+        }
+        plugin.name = Arc::from(name.as_str());
+        plugin.version = version;
+        Ok(plugin)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A compiled, type-checked plugin, ready to instantiate (~10 µs each).
+pub struct Plugin {
+    pre: Pre,
+    engine: Engine,
+    name: Arc<str>,
+    version: String,
+    source: String,
+}
+
+impl Plugin {
+    /// The strategy name the plugin gives itself.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The version the plugin gives itself.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    /// Where it was loaded from (`builtin:NAME` or a file path).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// The world it was built for, e.g. `veer:balancer@0.2.0`.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => "veer:balancer@0.1.0",
+            Pre::V0_2(_) => "veer:balancer@0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Plugin({} {} from {})",
+            self.name, self.version, self.source
+        )
+    }
+}
+
+/// Why a call into an instance failed. After any of these the instance must
+/// be discarded: a trapped component cannot be entered again.
+#[derive(Debug)]
+pub enum CallError {
+    /// The call ran past its deadline.
+    Timeout,
+    /// The guest trapped (panic, out-of-bounds, memory cap, …).
+    Trap(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Timeout => f.write_str("ran past its deadline"),
+            CallError::Trap(reason) => write!(f, "trapped: {reason}"),
+        }
+    }
+}
+
+fn classify(err: wasmtime::Error) -> CallError {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout,
+        _ => CallError::Trap(describe_trap(&err)),
+    }
+}
+
+fn describe_trap(err: &wasmtime::Error) -> String {
+    // The root cause is the trap code; the context holds the guest backtrace.
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}"),
+        None => format!("{err:#}"),
+    }
+}
+
+/// One instance of a plugin with its own `Store`. Not shared between threads.
+pub struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+    limits: Limits,
+}
+
+impl Instance {
+    /// Instantiates `plugin`. `stats` are the live stats of the pool's
+    /// backends, by id; `seed` seeds the `random` import.
+    pub fn new(
+        plugin: &Plugin,
+        stats: Arc<[Arc<BackendStats>]>,
+        limits: Limits,
+        seed: u64,
+    ) -> Result<Instance, PluginError> {
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            request: None,
+            stats,
+            rng: seed,
+            plugin: plugin.name.clone(),
+        };
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(ticks(limits.setup_timeout));
+        let exports = match &plugin.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Exports::V0_2),
+        }
+        .map_err(|e| PluginError::Trapped {
+            plugin: plugin.name.to_string(),
+            call: "instantiate",
+            reason: describe_trap(&e),
+        })?;
+        Ok(Instance {
+            store,
+            exports,
+            limits,
+        })
+    }
+
+    /// Calls `init` with the pool's config (JSON). `Ok(Err(msg))` is the
+    /// plugin refusing its configuration.
+    pub fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
+        self.store
+            .set_epoch_deadline(ticks(self.limits.setup_timeout));
+        match &self.exports {
+            Exports::V0_1(b) => b.call_init(&mut self.store, config_json),
+            Exports::V0_2(b) => b.call_init(&mut self.store, config_json),
+        }
+        .map_err(classify)
+    }
+
+    /// Pushes the backend set.
+    pub fn set_backends(&mut self, backends: &[BackendInfo]) -> Result<(), CallError> {
+        self.store
+            .set_epoch_deadline(ticks(self.limits.setup_timeout));
+        match &self.exports {
+            Exports::V0_1(b) => {
+                let list: Vec<_> = backends.iter().map(Into::into).collect();
+                b.call_set_backends(&mut self.store, &list)
+            }
+            Exports::V0_2(b) => {
+                let list: Vec<_> = backends.iter().map(Into::into).collect();
+                b.call_set_backends(&mut self.store, &list)
+            }
+        }
+        .map_err(classify)
+    }
+
+    /// Calls `select`. `scope` is lent to the plugin for the call and handed
+    /// back in all cases.
+    pub fn select(
+        &mut self,
+        method: &http::Method,
+        host: &str,
+        path: &str,
+        client: std::net::IpAddr,
+        scope: &mut RequestScope,
+    ) -> Result<Vec<u32>, CallError> {
+        self.store
+            .set_epoch_deadline(ticks(self.limits.select_timeout));
+        self.store.data_mut().request = Some(std::mem::take(scope));
+        let result = match &self.exports {
+            Exports::V0_1(b) => {
+                let method = v0_1::veer::balancer::types::Method::from_http(method);
+                b.call_select(&mut self.store, &method, host, path, client.into())
+            }
+            Exports::V0_2(b) => {
+                let method = v0_2::veer::balancer::types::Method::from_http(method);
+                b.call_select(&mut self.store, &method, host, path, client.into())
+            }
+        };
+        if let Some(lent) = self.store.data_mut().request.take() {
+            *scope = lent;
+        }
+        result.map_err(classify)
+    }
+}

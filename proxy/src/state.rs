@@ -1,0 +1,51 @@
+//! What the control plane builds and the data plane reads: routes and pools
+//! at run time. The control plane builds a new [`State`] off the request path
+//! and swaps it in atomically ([`Shared::state`]); a request holds the
+//! `Arc<Pool>` it started with until it ends.
+
+use std::sync::Arc;
+
+use crate::config::{PoolConfig, Route};
+use crate::plugin::balancer::Balancer;
+use crate::stats::{BackendStats, Metrics};
+
+/// Routes and pools: what a configuration turns into at run time.
+pub struct State {
+    /// Most specific first.
+    pub routes: Vec<Route>,
+    /// By index, as routes refer to them.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl State {
+    /// The pool for a request to `host` (lowercase or not, no port) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
+        self.routes
+            .iter()
+            .find(|r| {
+                r.host
+                    .as_deref()
+                    .is_none_or(|h| h.eq_ignore_ascii_case(host))
+                    && path.starts_with(r.path_prefix.as_str())
+            })
+            .map(|r| &self.pools[r.pool])
+    }
+}
+
+/// One upstream pool at run time.
+pub struct Pool {
+    /// Settings from the configuration.
+    pub config: PoolConfig,
+    /// Live stats, by backend id (shared with the plugin's `live-stats`).
+    pub stats: Arc<[Arc<BackendStats>]>,
+    /// The strategy.
+    pub balancer: Balancer,
+}
+
+/// What every worker shares.
+pub struct Shared {
+    /// Current routes and pools.
+    pub state: arc_swap::ArcSwap<State>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}

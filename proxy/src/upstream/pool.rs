@@ -1,0 +1,77 @@
+//! Idle keep-alive connections, per worker thread, by backend address.
+//!
+//! The pool is thread-local: a worker's connections are only used by that
+//! worker's tasks (each worker runs a single-threaded event loop), so checkout
+//! and return take no lock.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+
+use super::Target;
+
+pub(super) type Sender = http1::SendRequest<Incoming>;
+
+struct IdleConn {
+    sender: Sender,
+    expires: Instant,
+}
+
+thread_local! {
+    /// This worker's idle connections, by backend address.
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
+}
+
+/// What returns a connection to the pool once its response is read.
+pub(super) struct Returner {
+    pub(super) sender: Sender,
+    pub(super) target: Target,
+}
+
+pub(super) fn checkout(addr: SocketAddr) -> Option<Sender> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let conns = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(conn) = conns.pop() {
+            if conn.expires > now && !conn.sender.is_closed() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    })
+}
+
+pub(super) fn give_back(returner: Returner) {
+    let Returner { sender, target } = returner;
+    if sender.is_closed() || target.max_idle == 0 {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let conns = idle.entry(target.addr).or_default();
+        if conns.len() < target.max_idle {
+            conns.push(IdleConn {
+                sender,
+                expires: Instant::now() + target.idle_timeout,
+            });
+        }
+    });
+}
+
+/// Closes this worker's idle connections that have expired; all of them when
+/// `all` (at shutdown).
+pub fn sweep_idle(all: bool) {
+    let now = Instant::now();
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.retain(|_, conns| {
+            conns.retain(|c| !all && c.expires > now && !c.sender.is_closed());
+            !conns.is_empty()
+        });
+    });
+}
