@@ -46,6 +46,15 @@ pub fn demo_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
         .replace("{backends}", &list.join(", "))
 }
 
+/// Runs the demo until SIGTERM or SIGINT (a second one exits at once).
+pub async fn serve(listen: SocketAddr) -> Result<(), Error> {
+    let signals = crate::listen::signal::Signals::install()?;
+    let first = async move {
+        let _ = signals.first.await;
+    };
+    crate::until_second_signal(run(listen, first), signals.second).await
+}
+
 /// Runs the demo until `shutdown`.
 pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let cancel = CancellationToken::new();

@@ -103,8 +103,12 @@ pub enum Error {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     /// A signal handler could not be installed.
-    #[error("could not install the SIGHUP handler: {0}")]
+    #[error("could not install a signal handler: {0}")]
     Signal(std::io::Error),
+    /// A second SIGTERM or SIGINT stopped Veer before in-flight requests
+    /// finished.
+    #[error("stopped at once by a second signal; requests still in flight were cut off")]
+    Forced,
     /// The listening socket could not be set up.
     #[error("could not listen on {addr}: {source} (is another process using the port?)")]
     Listen {

@@ -55,7 +55,8 @@ pub use listen::Server;
 pub use stats::{Metrics, MetricsSnapshot};
 
 /// Serves `config` until `shutdown` completes, then drains in-flight requests.
-/// SIGHUP reloads the configuration file.
+/// SIGHUP reloads the configuration file. For embedding and tests; the
+/// `veer` binary uses [`serve`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let server = Server::bind(config)?;
     let handle = server.handle();
@@ -70,6 +71,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let result = server.run(shutdown).await;
     reloads.abort();
     result
+}
+
+/// Serves `config` until SIGTERM or SIGINT, then drains (see [`Server::run`]);
+/// a second SIGTERM or SIGINT exits at once, with requests still in flight.
+pub async fn serve(config: Config) -> Result<(), Error> {
+    let signals = listen::signal::Signals::install()?;
+    until_second_signal(run(config, first_signal(signals.first)), signals.second).await
+}
+
+async fn first_signal(first: tokio::sync::oneshot::Receiver<()>) {
+    let _ = first.await;
+}
+
+/// Runs `work` unless the second shutdown signal comes first.
+pub(crate) async fn until_second_signal(
+    work: impl Future<Output = Result<(), Error>>,
+    second: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), Error> {
+    tokio::select! {
+        result = work => result,
+        Ok(()) = second => Err(Error::Forced),
+    }
 }
 
 /// What `veer check` reports about a valid configuration.

@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = veer::Config::load(&config)
                 .with_context(|| format!("{} is not valid", config.display()))?;
             control_runtime()?
-                .block_on(veer::run(loaded, shutdown_signal()))
+                .block_on(veer::serve(loaded))
                 .context("veer stopped")
         }
         Command::Plugin(PluginCommand::Check { file, config }) => {
@@ -105,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { listen } => control_runtime()?
-            .block_on(veer::demo::run(listen, shutdown_signal()))
+            .block_on(veer::demo::serve(listen))
             .context("the demo stopped"),
     }
 }
@@ -117,14 +117,4 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("could not start the control event loop")
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

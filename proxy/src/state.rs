@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::config::{PoolConfig, Route};
+use crate::config::{PoolConfig, Route, ServerSettings};
 use crate::plugin::balancer::Balancer;
 use crate::stats::{BackendStats, Metrics};
 
 /// Routes and pools: what a configuration turns into at run time.
 pub struct State {
+    /// Request-path settings of `[server]` (limits, trusted proxies, …).
+    pub server: ServerSettings,
     /// Most specific first.
     pub routes: Vec<Route>,
     /// By index, as routes refer to them.
@@ -18,7 +20,9 @@ pub struct State {
 }
 
 impl State {
-    /// The pool for a request to `host` (lowercase or not, no port) and `path`.
+    /// The pool for a request to `host` (any case, no port) and the
+    /// normalised `path`: the first route (most specific first) whose host
+    /// matches and whose prefix `path` falls under on a segment boundary.
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
         self.routes
             .iter()
@@ -26,7 +30,7 @@ impl State {
                 r.host
                     .as_deref()
                     .is_none_or(|h| h.eq_ignore_ascii_case(host))
-                    && path.starts_with(r.path_prefix.as_str())
+                    && crate::http::path_under(path, &r.path_prefix)
             })
             .map(|r| &self.pools[r.pool])
     }

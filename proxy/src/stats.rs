@@ -29,8 +29,11 @@ pub struct BackendStats {
     latency_stamp_ms: AtomicU64,
     /// Connection failures in a row.
     consecutive_failures: AtomicU32,
-    /// `now_ms()` until which the backend is considered down.
+    /// `now_ms()` until which the backend is considered down; once past, the
+    /// first request to claim it (by moving it forward) probes the backend.
     down_until_ms: AtomicU64,
+    /// Open connections to the backend, all workers together.
+    open_connections: AtomicU32,
 }
 
 /// Weight of a new latency sample in the EWMA, as a right shift: 1/8.
@@ -55,10 +58,49 @@ impl BackendStats {
         self.latency_peak_ewma_us.load(Relaxed)
     }
 
-    /// Whether the backend is not currently marked down.
+    /// Whether the backend is not marked down (a down backend whose
+    /// `fail_timeout` has passed counts as up here: it is due a probe). For
+    /// plugins and the "are all candidates down" check; to send a request,
+    /// use [`BackendStats::admit`].
     pub fn is_up(&self) -> bool {
         let until = self.down_until_ms.load(Relaxed);
         until == 0 || until <= now_ms()
+    }
+
+    /// Whether a request may be sent to the backend now. An up backend admits
+    /// every request. A down backend admits none until its `fail_timeout` has
+    /// passed; then exactly one request (the one that wins an atomic claim)
+    /// is admitted to probe it, and the backend stays down for everyone else
+    /// for another `probe_window` unless the probe succeeds.
+    pub fn admit(&self, probe_window: Duration) -> bool {
+        let until = self.down_until_ms.load(Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = now_ms();
+        if now < until {
+            return false;
+        }
+        let next = now + probe_window.as_millis() as u64;
+        self.down_until_ms
+            .compare_exchange(until, next.max(1), Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// Open connections to this backend (all workers).
+    pub fn open_connections(&self) -> u32 {
+        self.open_connections.load(Relaxed)
+    }
+
+    /// Counts an open connection until the guard drops; `None` when `limit`
+    /// (if not 0) is reached.
+    pub fn open_connection(self: &std::sync::Arc<Self>, limit: u32) -> Option<OpenConnection> {
+        let before = self.open_connections.fetch_add(1, Relaxed);
+        if limit != 0 && before >= limit {
+            self.open_connections.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(OpenConnection(self.clone()))
     }
 
     /// Counts a request in flight until the guard drops.
@@ -135,62 +177,106 @@ impl Drop for InFlight {
     }
 }
 
-/// Process-wide counters. Read them with [`Metrics::snapshot`].
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Requests received downstream.
-    pub requests: AtomicU64,
-    /// Plugin calls that trapped.
-    pub plugin_traps: AtomicU64,
-    /// Plugin calls that ran past their deadline.
-    pub plugin_timeouts: AtomicU64,
-    /// `select` answers with no usable backend id.
-    pub plugin_bad_answers: AtomicU64,
-    /// Requests whose backend order came from the host's round robin instead
-    /// of the plugin (after a failure, or while the plugin is backing off).
-    pub fallback_selections: AtomicU64,
-    /// Plugin instances created (per worker, after a failure, on reload).
-    pub plugin_instantiations: AtomicU64,
-    /// New connections to backends attempted (pooled ones reused don't count).
-    pub upstream_connects: AtomicU64,
-    /// Connections to backends that could not be made.
-    pub upstream_connect_errors: AtomicU64,
-    /// Attempts on a further candidate after a failed one.
-    pub retries: AtomicU64,
-    /// Plugin files swapped in from the plugin folder.
-    pub plugin_swaps: AtomicU64,
-    /// Plugin files refused (not Wasm, wrong world, trapped or refused in
-    /// `init`, name taken); the running plugin kept serving.
-    pub plugin_refusals: AtomicU64,
-    /// Configuration reloads applied.
-    pub config_reloads: AtomicU64,
-    /// Configuration reloads refused; the running configuration stayed.
-    pub config_reload_refusals: AtomicU64,
-    /// 502 answers.
-    pub bad_gateway: AtomicU64,
-    /// 504 answers.
-    pub gateway_timeout: AtomicU64,
+/// An open connection to a backend; uncounted when dropped.
+#[derive(Debug)]
+pub struct OpenConnection(std::sync::Arc<BackendStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Relaxed);
+    }
 }
 
-/// A copy of [`Metrics`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)]
-pub struct MetricsSnapshot {
-    pub requests: u64,
-    pub plugin_traps: u64,
-    pub plugin_timeouts: u64,
-    pub plugin_bad_answers: u64,
-    pub fallback_selections: u64,
-    pub plugin_instantiations: u64,
-    pub upstream_connects: u64,
-    pub upstream_connect_errors: u64,
-    pub retries: u64,
-    pub plugin_swaps: u64,
-    pub plugin_refusals: u64,
-    pub config_reloads: u64,
-    pub config_reload_refusals: u64,
-    pub bad_gateway: u64,
-    pub gateway_timeout: u64,
+/// Declares [`Metrics`] (atomic counters) and [`MetricsSnapshot`] (a copy of
+/// them) from one list, so the two cannot drift apart.
+macro_rules! metrics {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Process-wide counters. Read them with [`Metrics::snapshot`].
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`Metrics`] at one moment.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub struct MetricsSnapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Metrics {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $($name: self.$name.load(Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Requests received downstream.
+    requests,
+    /// Client connections accepted.
+    client_connections_accepted,
+    /// Client connections open now (a gauge).
+    client_connections_open,
+    /// The most client connections open at once since start.
+    client_connections_peak,
+    /// Client connections closed because no complete request head arrived
+    /// within `first_request_timeout_ms` of the accept.
+    client_first_request_timeouts,
+    /// Client connections closed because a request head, once begun, was not
+    /// complete within `header_read_timeout_ms`.
+    client_header_timeouts,
+    /// Idle client connections closed after `keepalive_timeout_ms`.
+    client_idle_closes,
+    /// Requests refused by the proxy itself as malformed or too large
+    /// (400, 405, 413, 431).
+    bad_requests,
+    /// Request bodies that stalled for `client_body_timeout_ms` (408).
+    client_body_timeouts,
+    /// Plugin calls that trapped.
+    plugin_traps,
+    /// Plugin calls that ran past their deadline.
+    plugin_timeouts,
+    /// `select` answers with no usable backend id.
+    plugin_bad_answers,
+    /// Requests whose backend order came from the host's round robin instead
+    /// of the plugin (after a failure, or while the plugin is backing off).
+    fallback_selections,
+    /// Plugin instances created (per worker, after a failure, on reload).
+    plugin_instantiations,
+    /// New connections to backends attempted (pooled ones reused don't count).
+    upstream_connects,
+    /// Connections to backends that could not be made.
+    upstream_connect_errors,
+    /// Attempts on a further candidate after a failed one.
+    retries,
+    /// Requests sent again on a fresh connection to the same backend after a
+    /// reused connection closed without a response (not counted in `retries`).
+    fresh_connection_retries,
+    /// Response bodies from a backend that stalled for `read_timeout_ms`; the
+    /// client's stream was closed.
+    upstream_body_timeouts,
+    /// Response bodies from a backend that broke off mid-way; the client's
+    /// stream was closed.
+    upstream_body_errors,
+    /// Plugin files swapped in from the plugin folder.
+    plugin_swaps,
+    /// Plugin files refused (not Wasm, wrong world, trapped or refused in
+    /// `init`, name taken); the running plugin kept serving.
+    plugin_refusals,
+    /// Configuration reloads applied.
+    config_reloads,
+    /// Configuration reloads refused; the running configuration stayed.
+    config_reload_refusals,
+    /// 502 answers.
+    bad_gateway,
+    /// 503 answers.
+    service_unavailable,
+    /// 504 answers.
+    gateway_timeout,
 }
 
 impl Metrics {
@@ -199,25 +285,16 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Reads every counter.
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
-            requests: self.requests.load(Relaxed),
-            plugin_traps: self.plugin_traps.load(Relaxed),
-            plugin_timeouts: self.plugin_timeouts.load(Relaxed),
-            plugin_bad_answers: self.plugin_bad_answers.load(Relaxed),
-            fallback_selections: self.fallback_selections.load(Relaxed),
-            plugin_instantiations: self.plugin_instantiations.load(Relaxed),
-            upstream_connects: self.upstream_connects.load(Relaxed),
-            upstream_connect_errors: self.upstream_connect_errors.load(Relaxed),
-            retries: self.retries.load(Relaxed),
-            plugin_swaps: self.plugin_swaps.load(Relaxed),
-            plugin_refusals: self.plugin_refusals.load(Relaxed),
-            config_reloads: self.config_reloads.load(Relaxed),
-            config_reload_refusals: self.config_reload_refusals.load(Relaxed),
-            bad_gateway: self.bad_gateway.load(Relaxed),
-            gateway_timeout: self.gateway_timeout.load(Relaxed),
-        }
+    /// Counts a client connection open (and the high-water mark).
+    pub fn connection_opened(&self) {
+        Metrics::inc(&self.client_connections_accepted);
+        let now = self.client_connections_open.fetch_add(1, Relaxed) + 1;
+        self.client_connections_peak.fetch_max(now, Relaxed);
+    }
+
+    /// Counts a client connection closed.
+    pub fn connection_closed(&self) {
+        self.client_connections_open.fetch_sub(1, Relaxed);
     }
 }
 

@@ -36,7 +36,7 @@ use crate::error::ConfigError;
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{BackendConfig, BackendSection, PoolConfig, PoolSection};
 pub use routes::{Route, RouteSection};
-pub use server::{ServerSection, ServerSettings};
+pub use server::{ForwardPath, ServerSection, ServerSettings};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -144,13 +144,6 @@ fn optional_path(base_dir: &Path, path: &Path) -> Option<PathBuf> {
         let joined = base_dir.join(path);
         joined.canonicalize().unwrap_or(joined)
     })
-}
-
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::at(key, "must be greater than 0"));
-    }
-    Ok(())
 }
 
 /// A duration in milliseconds between `min` and `max`: every duration has an

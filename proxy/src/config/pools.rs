@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::positive;
+use super::bounded_ms;
 use crate::error::ConfigError;
 
 /// `[pools.NAME]`
@@ -26,10 +26,25 @@ pub struct PoolSection {
     /// Time to establish a backend connection, ms. Default 2000.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
-    /// Time from sending a request to the response's headers, ms; past it the
-    /// client gets 504. Default 30000.
+    /// Time from the end of the request body to the response's headers, ms;
+    /// past it the client gets 504. Default 30000.
     #[serde(default = "default_response_timeout")]
     pub response_timeout_ms: u64,
+    /// Longest pause between two reads of a response body, ms; past it the
+    /// client's stream is closed (the status was sent already). Default 60000.
+    #[serde(default = "default_body_timeout")]
+    pub read_timeout_ms: u64,
+    /// Longest time the backend may stop taking the request body while the
+    /// client has more to send, ms; past it the client gets 504.
+    /// Default 60000.
+    #[serde(default = "default_body_timeout")]
+    pub send_timeout_ms: u64,
+    /// Most open connections to each backend, all workers together; 0: no
+    /// cap. A backend at its cap with no idle connection is skipped like a
+    /// busy one (the next candidate is tried, not counted as a failure).
+    /// Default 0.
+    #[serde(default)]
+    pub max_connections_per_backend: u32,
     /// Further candidates tried when a backend cannot be connected to (nothing
     /// was sent, so this is safe for any method). Default 2.
     #[serde(default = "default_retries")]
@@ -58,6 +73,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_response_timeout() -> u64 {
     30_000
+}
+fn default_body_timeout() -> u64 {
+    60_000
 }
 fn default_retries() -> u32 {
     2
@@ -149,6 +167,12 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// See [`PoolSection::response_timeout_ms`].
     pub response_timeout: Duration,
+    /// See [`PoolSection::read_timeout_ms`].
+    pub read_timeout: Duration,
+    /// See [`PoolSection::send_timeout_ms`].
+    pub send_timeout: Duration,
+    /// See [`PoolSection::max_connections_per_backend`].
+    pub max_connections_per_backend: u32,
     /// See [`PoolSection::retries`].
     pub retries: u32,
     /// See [`PoolSection::max_fails`].
@@ -220,16 +244,20 @@ pub(super) fn validate_pool(name: &str, pool: &PoolSection) -> Result<PoolConfig
                 .collect(),
         });
     }
-    positive(
-        &format!("{key}.connect_timeout_ms"),
-        pool.connect_timeout_ms,
-    )?;
-    positive(
-        &format!("{key}.response_timeout_ms"),
-        pool.response_timeout_ms,
-    )?;
-    positive(&format!("{key}.fail_timeout_ms"), pool.fail_timeout_ms)?;
-    positive(&format!("{key}.idle_timeout_ms"), pool.idle_timeout_ms)?;
+    const DAY_MS: u64 = 86_400_000;
+    let ms = |name: &str, value: u64, max: u64| bounded_ms(&format!("{key}.{name}"), value, 1, max);
+    let connect_timeout = ms("connect_timeout_ms", pool.connect_timeout_ms, 3_600_000)?;
+    let response_timeout = ms("response_timeout_ms", pool.response_timeout_ms, DAY_MS)?;
+    let read_timeout = ms("read_timeout_ms", pool.read_timeout_ms, DAY_MS)?;
+    let send_timeout = ms("send_timeout_ms", pool.send_timeout_ms, DAY_MS)?;
+    let fail_timeout = ms("fail_timeout_ms", pool.fail_timeout_ms, DAY_MS)?;
+    let idle_timeout = ms("idle_timeout_ms", pool.idle_timeout_ms, DAY_MS)?;
+    if pool.retries > 16 {
+        return Err(ConfigError::at(
+            format!("{key}.retries"),
+            format!("{} is more than 16", pool.retries),
+        ));
+    }
     let strategy_config = serde_json::to_string(&pool.strategy_config)
         .map_err(|e| ConfigError::at(format!("{key}.strategy_config"), e.to_string()))?;
     Ok(PoolConfig {
@@ -237,13 +265,16 @@ pub(super) fn validate_pool(name: &str, pool: &PoolSection) -> Result<PoolConfig
         backends,
         strategy: pool.strategy.clone(),
         strategy_config,
-        connect_timeout: Duration::from_millis(pool.connect_timeout_ms),
-        response_timeout: Duration::from_millis(pool.response_timeout_ms),
+        connect_timeout,
+        response_timeout,
+        read_timeout,
+        send_timeout,
+        max_connections_per_backend: pool.max_connections_per_backend,
         retries: pool.retries,
         max_fails: pool.max_fails,
-        fail_timeout: Duration::from_millis(pool.fail_timeout_ms),
+        fail_timeout,
         max_idle_per_backend: pool.max_idle_per_backend,
-        idle_timeout: Duration::from_millis(pool.idle_timeout_ms),
+        idle_timeout,
     })
 }
 

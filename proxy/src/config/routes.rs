@@ -13,7 +13,8 @@ pub struct RouteSection {
     /// Default `*`.
     #[serde(default = "any_host")]
     pub host: String,
-    /// Path prefix to match (plain string prefix). Default `/`.
+    /// Path prefix to match, on segment boundaries against the normalised
+    /// path: `/api` matches `/api` and `/api/x`, not `/apiary`. Default `/`.
     #[serde(default = "root_path")]
     pub path_prefix: String,
     /// The pool to send to (a key of `[pools]`). Required.
@@ -70,10 +71,13 @@ pub fn validate(routes: &[RouteSection], pool_names: &[&str]) -> Result<Vec<Rout
                     ),
                 )
             })?;
-        if !route.path_prefix.starts_with('/') {
+        if !is_normal_prefix(&route.path_prefix) {
             return Err(ConfigError::at(
                 format!("{key}.path_prefix"),
-                format!("{:?} must start with '/'", route.path_prefix),
+                format!(
+                    "{:?} is not a normal path: it must start with '/' and have no '//', '.' or '..' segment or '%' escape (routes match normalised paths)",
+                    route.path_prefix
+                ),
             ));
         }
         let host = match route.host.trim() {
@@ -100,6 +104,15 @@ pub fn validate(routes: &[RouteSection], pool_names: &[&str]) -> Result<Vec<Rout
             .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
     });
     Ok(validated)
+}
+
+/// Whether a route prefix is already in the form request paths are
+/// normalised to, so that it can match them at all.
+fn is_normal_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && !prefix.contains('%')
+        && !prefix.contains("//")
+        && !prefix.split('/').any(|s| s == "." || s == "..")
 }
 
 #[cfg(test)]
@@ -146,6 +159,20 @@ mod tests {
         let err = validate(&routes("[[routes]]\npool = \"b\""), &["a"]).unwrap_err();
         assert_eq!(err.key(), Some("routes[0].pool"));
         assert!(err.to_string().contains("defined pools: a"), "{err}");
+    }
+
+    #[test]
+    fn a_prefix_that_no_normalised_path_can_match_is_refused() {
+        for bad in ["api", "/a//b", "/a/../b", "/%61"] {
+            let r = routes(&format!(
+                "[[routes]]\npool = \"a\"\npath_prefix = \"{bad}\""
+            ));
+            assert_eq!(
+                validate(&r, &["a"]).unwrap_err().key(),
+                Some("routes[0].path_prefix"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -300,6 +300,7 @@ impl Registry {
             }));
         }
         Ok(State {
+            server: config.server.clone(),
             routes: config.routes.clone(),
             pools,
         })

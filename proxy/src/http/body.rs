@@ -1,16 +1,251 @@
-//! What the client gets back: a backend's response streamed through, or a
-//! short message of the proxy's own.
+//! Bodies on the request path: the client's request body on its way to a
+//! backend ([`RequestBody`]), and what the client gets back ([`ProxyBody`]).
+//!
+//! The request body reports how it is going through a shared [`Progress`]:
+//! when it ended (the response timer starts then), when it last moved (a
+//! backend that stops reading it is timed out), and whether the *client*
+//! failed it (stalled past `client_body_timeout_ms`: 408; malformed, e.g. a
+//! bad chunk size: 400; larger than `max_body_bytes`: 413), so that a
+//! client's fault is never counted against a backend.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
+use crate::stats::now_ms;
 use crate::upstream::UpstreamBody;
 
+/// How a client failed its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFailure {
+    /// Nothing arrived for `client_body_timeout_ms`: 408.
+    Stalled = 1,
+    /// The body could not be decoded (bad chunk size, connection reset): 400.
+    Malformed = 2,
+    /// More than `max_body_bytes`: 413.
+    TooLarge = 3,
+}
+
+impl ClientBodyFailure {
+    fn from_u8(v: u8) -> Option<ClientBodyFailure> {
+        match v {
+            1 => Some(ClientBodyFailure::Stalled),
+            2 => Some(ClientBodyFailure::Malformed),
+            3 => Some(ClientBodyFailure::TooLarge),
+            _ => None,
+        }
+    }
+
+    /// The answer the client gets.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ClientBodyFailure::Stalled => StatusCode::REQUEST_TIMEOUT,
+            ClientBodyFailure::Malformed => StatusCode::BAD_REQUEST,
+            ClientBodyFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// What to tell the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ClientBodyFailure::Stalled => "the request body stalled",
+            ClientBodyFailure::Malformed => {
+                "the request body could not be read (malformed or cut off)"
+            }
+            ClientBodyFailure::TooLarge => "the request body is larger than this server accepts",
+        }
+    }
+}
+
+/// How a streaming request body is going; shared with the attempt loop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The body reached its end (the response timer starts).
+    done: AtomicBool,
+    /// `now_ms()` of the last frame handed on.
+    last_frame_ms: AtomicU64,
+    /// Whether the body is waiting on the client (not on the backend).
+    waiting_on_client: AtomicBool,
+    /// A [`ClientBodyFailure`] as u8, 0 when none.
+    failure: AtomicU8,
+    /// Woken when the body ends or fails.
+    changed: Notify,
+}
+
+impl Progress {
+    /// Whether the whole body was handed on.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Relaxed)
+    }
+
+    /// How the client failed the body, if it did.
+    pub fn failure(&self) -> Option<ClientBodyFailure> {
+        ClientBodyFailure::from_u8(self.failure.load(Relaxed))
+    }
+
+    /// Whether the body waits on the client now.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Relaxed)
+    }
+
+    /// `now_ms()` of the last frame.
+    pub fn last_frame_ms(&self) -> u64 {
+        self.last_frame_ms.load(Relaxed)
+    }
+
+    /// Completes when the body ends or fails (or at once if it has).
+    pub async fn changed(&self) {
+        let notified = self.changed.notified();
+        if self.is_done() || self.failure().is_some() {
+            return;
+        }
+        notified.await;
+    }
+
+    fn fail(&self, failure: ClientBodyFailure) -> ClientBodyError {
+        self.failure.store(failure as u8, Relaxed);
+        self.changed.notify_waiters();
+        ClientBodyError(failure)
+    }
+}
+
+/// The error a [`RequestBody`] yields when the client failed it.
+#[derive(Debug)]
+pub struct ClientBodyError(pub ClientBodyFailure);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.reason())
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
+
+/// A request body on its way to a backend.
+pub enum RequestBody {
+    /// No body: nothing to stream, and the request can be replayed.
+    Empty,
+    /// The client's body, streamed as it arrives.
+    Streaming(Box<Streaming>),
+}
+
+/// The state of a streaming request body.
+pub struct Streaming {
+    inner: Incoming,
+    progress: Arc<Progress>,
+    /// Longest pause allowed between two frames from the client.
+    idle: Duration,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Data bytes so far, and the most allowed.
+    seen: u64,
+    limit: Option<u64>,
+}
+
+impl RequestBody {
+    /// Wraps the client's body: [`RequestBody::Empty`] when it has none.
+    /// Returns the progress to watch for a streaming one.
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        limit: Option<u64>,
+    ) -> (RequestBody, Option<Arc<Progress>>) {
+        if inner.is_end_stream() {
+            return (RequestBody::Empty, None);
+        }
+        let progress = Arc::new(Progress::default());
+        progress.last_frame_ms.store(now_ms(), Relaxed);
+        let body = Streaming {
+            inner,
+            progress: progress.clone(),
+            idle,
+            deadline: Instant::now() + idle,
+            timer: None,
+            seen: 0,
+            limit,
+        };
+        (RequestBody::Streaming(Box::new(body)), Some(progress))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let body = match self.get_mut() {
+            RequestBody::Empty => return Poll::Ready(None),
+            RequestBody::Streaming(body) => &mut **body,
+        };
+        let progress = &body.progress;
+        match Pin::new(&mut body.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    body.seen += data.len() as u64;
+                    if body.limit.is_some_and(|limit| body.seen > limit) {
+                        return Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::TooLarge))));
+                    }
+                }
+                progress.waiting_on_client.store(false, Relaxed);
+                progress.last_frame_ms.store(now_ms(), Relaxed);
+                body.deadline = Instant::now() + body.idle;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::Malformed))))
+            }
+            Poll::Ready(None) => {
+                progress.done.store(true, Relaxed);
+                progress.changed.notify_waiters();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                progress.waiting_on_client.store(true, Relaxed);
+                let deadline = body.deadline;
+                let timer = body
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::Stalled))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streaming(body) => body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streaming(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+/// A response for the client that the proxy writes itself.
 pub(crate) fn message(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::Message(Some(Bytes::from(text))));
     *response.status_mut() = status;
@@ -20,6 +255,9 @@ pub(crate) fn message(status: StatusCode, text: String) -> Response<ProxyBody> {
     );
     response
 }
+
+/// The error a response body can end with (the client's stream is closed).
+pub type ResponseError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body: streamed from a backend, or a short message of the proxy.
 pub enum ProxyBody {
@@ -31,14 +269,16 @@ pub enum ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
             ProxyBody::Message(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
         }
     }

@@ -1,25 +1,31 @@
-//! The HTTP path of one request: find its route, ask the pool's strategy for
-//! candidates, rewrite it for the backend, and hand it to the attempt loop.
+//! The HTTP path of one request: check it, find its one authority and its
+//! route, ask the pool's strategy for candidates, rewrite it for the backend,
+//! and hand it to the attempt loop.
 //!
-//! Files: [`rewrite`] (hop-by-hop headers, `X-Forwarded-*`), [`attempt`] (the
-//! attempt loop: candidates, retries, timeouts), [`body`] (what the client
-//! gets back).
+//! Files: `authority` (the one host a request is for), `path` (normalised
+//! paths and segment-boundary prefixes), `rewrite` (hop-by-hop headers,
+//! cookies, `X-Forwarded-*`), `attempt` (candidates, retries, timeouts),
+//! `body` (bodies both ways).
 
 mod attempt;
+mod authority;
 pub mod body;
+mod path;
 pub mod rewrite;
 
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ForwardPath;
 use crate::plugin::RequestScope;
 use crate::state::Shared;
 use crate::stats::Metrics;
-use body::{ProxyBody, message};
+use body::{ProxyBody, RequestBody, message};
+pub use path::under as path_under;
 
 /// Handles one downstream request; never fails (errors become 4xx/5xx).
 pub async fn handle(
@@ -31,93 +37,144 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     Metrics::inc(&ctx.metrics.requests);
     let (mut parts, body) = request.into_parts();
-
-    // The host asked for: HTTP/2's :authority, else the Host header.
-    let host_header: Option<HeaderValue> = match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+    let refuse = |status: StatusCode, reason: &str| {
+        Metrics::inc(&ctx.metrics.bad_requests);
+        message(status, format!("veer: {reason}\n"))
     };
-    let host_port = host_header
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let host = strip_port(host_port);
+    if parts.method == Method::CONNECT {
+        let mut response = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: Veer is a reverse proxy, not a tunnel",
+        );
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
+        return response;
+    }
 
-    let pool = {
-        let state = ctx.state.load();
-        match state.route(host, parts.uri.path()) {
-            Some(pool) => pool.clone(),
-            None => {
-                return message(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "veer: no route for host {host:?} and path {:?}\n",
-                        parts.uri.path()
-                    ),
-                );
-            }
-        }
+    let state = ctx.state.load();
+    let server = &state.server;
+    // HTTP/1.1 heads over the limits are refused by hyper already; this also
+    // covers HTTP/2, whose header block hyper only bounds in bytes.
+    if parts.headers.len() > server.max_headers {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        );
+    }
+    if head_bytes(&parts) > server.max_header_bytes {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is too large",
+        );
+    }
+    let authority = match authority::of_request(&parts.uri, &parts.headers, parts.version) {
+        Ok(authority) => authority,
+        Err(bad) => return refuse(StatusCode::BAD_REQUEST, bad.0),
     };
+    let normalized = match path::normalize(parts.uri.path()) {
+        Ok(path) => path,
+        Err(bad) => return refuse(StatusCode::BAD_REQUEST, bad.0),
+    };
+    let host = authority.as_ref().map_or("", |a| a.host());
+    let Some(pool) = state.route(host, &normalized).cloned() else {
+        return message(
+            StatusCode::NOT_FOUND,
+            format!("veer: no route for host {host:?} and path {normalized:?}\n"),
+        );
+    };
+    if let (Some(limit), Some(length)) = (server.max_body_bytes, content_length(&parts.headers))
+        && length > limit
+    {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this server accepts",
+        );
+    }
+    let trusted = server
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&client.ip()));
+    let (client_body_timeout, max_body_bytes, forward_path) = (
+        server.client_body_timeout,
+        server.max_body_bytes,
+        server.forward_path,
+    );
 
-    // Lend the headers and URI to the plugin for the call (no copy).
+    // Lend the headers and URI to the plugin for the call (no copy). The
+    // plugin sees the normalised path, as routes do.
     let mut scope = RequestScope {
         headers: std::mem::take(&mut parts.headers),
         uri: parts.uri.clone(),
         response_headers: Vec::new(),
     };
-    let candidates = pool.balancer.select(
-        &parts.method,
-        host,
-        parts.uri.path(),
-        client.ip(),
-        &mut scope,
-    );
+    let candidates =
+        pool.balancer
+            .select(&parts.method, host, &normalized, client.ip(), &mut scope);
     parts.headers = scope.headers;
     let plugin_headers = scope.response_headers;
 
-    // Rewrite for the backend: HTTP/1.1, origin-form URI, Host kept.
+    // Rewrite for the backend: HTTP/1.1, origin-form URI, `Host` = the one
+    // authority.
     rewrite::strip_hop_by_hop(&mut parts.headers);
-    rewrite::set_forwarded(&mut parts.headers, client.ip(), tls, host_header.as_ref());
-    if let Some(h) = host_header
-        .as_ref()
-        .filter(|_| !parts.headers.contains_key(header::HOST))
-    {
-        parts.headers.insert(header::HOST, h.clone());
+    if parts.version == Version::HTTP_2 {
+        rewrite::join_cookies(&mut parts.headers);
     }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    let authority = authority.map(|a| a.value);
+    let peer = rewrite::Peer {
+        ip: client.ip(),
+        trusted,
+        tls,
+    };
+    rewrite::set_forwarded(&mut parts.headers, &peer, authority.as_ref());
+    if let Some(authority) = authority {
+        parts.headers.insert(header::HOST, authority);
+    }
+    let rewritten = match forward_path {
+        ForwardPath::Normalized if normalized.as_ref() != parts.uri.path() => {
+            Some(match parts.uri.query() {
+                Some(query) => format!("{normalized}?{query}"),
+                None => normalized.clone().into_owned(),
+            })
+        }
+        _ => None,
+    };
+    drop(normalized);
+    if let Some(path_and_query) = rewritten {
+        parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
+    drop(state);
+    let (body, progress) = RequestBody::new(body, client_body_timeout, max_body_bytes);
 
-    let mut response = attempt::forward(ctx, tracker, &pool, &candidates, request).await;
+    let mut response =
+        attempt::forward(ctx, tracker, &pool, &candidates, parts, body, progress).await;
     for (name, value) in plugin_headers {
         response.headers_mut().append(name, value);
     }
     response
 }
 
-/// `host` without `:port` (and without the brackets of an IPv6 literal).
-fn strip_port(host: &str) -> &str {
-    if let Some(v6) = host.strip_prefix('[') {
-        return v6.split_once(']').map_or(v6, |(ip, _)| ip);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
+/// The size of a request head as it would be written in HTTP/1.1.
+fn head_bytes(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + 12;
+    parts.headers.iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::strip_port;
-
-    #[test]
-    fn ports_and_ipv6_brackets_are_stripped_from_the_host() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port(""), "");
-    }
+/// The declared body length, if any and valid.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -1,72 +1,128 @@
 //! Header rewriting between downstream and upstream: hop-by-hop headers are
-//! removed (RFC 9110 §7.6.1), `X-Forwarded-*` are set.
+//! removed (RFC 9110 §7.6.1), HTTP/2 `cookie` fields are joined for an
+//! HTTP/1.1 backend (RFC 9113 §8.2.3), and `X-Forwarded-*` are set, believing
+//! what the client sent only from a trusted proxy.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded. `Trailer` is not
+/// one of them: it announces trailer fields, which pass through (and hyper
+/// writes an HTTP/1.1 trailer only when `Trailer` names it).
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop headers, including any named in `Connection`, and
 /// `Upgrade` (protocol upgrades are not proxied yet).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: check with one pass before removing.
+    // Most messages carry none: check with one pass before removing.
     let present = headers
         .keys()
         .any(|k| *k == header::UPGRADE || HOP_BY_HOP.iter().any(|h| h == k));
     if !present {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // Header values share their bytes: these clones do not copy them.
+    let named: Vec<HeaderValue> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .cloned()
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    for value in &named {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            // Never let `Connection` strip what the proxy itself relies on.
+            if !token.eq_ignore_ascii_case("host") && !token.eq_ignore_ascii_case("trailer") {
+                headers.remove(token);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
 }
 
-/// Sets `X-Forwarded-For` (appending the client to any list already there),
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (replacing what the client sent:
-/// this proxy is the edge and knows them first-hand).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
-    let client = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client,
+/// Joins several `cookie` fields into one (`"; "` between them), as an
+/// HTTP/1.1 backend expects; HTTP/2 clients send one field per cookie.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
     };
+    let mut joined = Vec::with_capacity(first.len() * 4);
+    for (i, value) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Who the request came from, as far as `X-Forwarded-*` go.
+pub struct Peer {
+    /// The address of the TCP peer.
+    pub ip: IpAddr,
+    /// Whether that peer is a trusted proxy (its forwarding headers are
+    /// believed and extended rather than replaced).
+    pub trusted: bool,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+///
+/// From an untrusted peer (the default: `server.trusted_proxies` is empty)
+/// nothing it sent about forwarding is believed: `X-Forwarded-For` becomes
+/// the peer's address, `X-Forwarded-Proto`/`-Host` are set from this
+/// connection and request, and `Forwarded` and `X-Real-IP` are removed. From
+/// a trusted peer the peer's address is appended to `X-Forwarded-For`, and
+/// the other headers pass as the peer set them (set here only if absent).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
+    let mut xff = String::with_capacity(48);
+    if peer.trusted {
+        for previous in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(previous) = previous.to_str() {
+                let _ = write!(xff, "{previous}, ");
+            }
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
+    let _ = write!(xff, "{}", peer.ip);
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    let proto = if tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+    let keep = |headers: &HeaderMap, name: &HeaderName| peer.trusted && headers.contains_key(name);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        let proto = if peer.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -85,10 +141,18 @@ mod tests {
             .collect()
     }
 
+    fn peer(trusted: bool) -> Peer {
+        Peer {
+            ip: "127.0.0.1".parse().unwrap(),
+            trusted,
+            tls: false,
+        }
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
         let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
+            ("connection", "keep-alive, X-Secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("transfer-encoding", "chunked"),
@@ -101,19 +165,59 @@ mod tests {
     }
 
     #[test]
-    fn x_forwarded_for_appends_the_client_to_an_existing_list() {
+    fn trailer_is_not_hop_by_hop_so_trailers_can_pass() {
+        let mut h = map(&[
+            ("trailer", "x-checksum"),
+            ("te", "trailers"),
+            ("connection", "trailer"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["trailer"], "x-checksum");
+        assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_with_semicolons() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn from_an_untrusted_peer_forwarding_headers_are_replaced_or_removed() {
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
         ]);
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
+            &peer(false),
             Some(&HeaderValue::from_static("a.example")),
         );
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+    }
+
+    #[test]
+    fn from_a_trusted_peer_the_client_is_appended_and_the_rest_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "203.0.113.9"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &peer(true),
+            Some(&HeaderValue::from_static("a.example")),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
     }
 }

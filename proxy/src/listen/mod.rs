@@ -1,21 +1,31 @@
 //! Listening and serving: one worker thread per core, each with its own
 //! single-threaded event loop, accepting from a shared listening socket.
-//! [`worker`] holds a worker's accept loop and connections.
 //!
 //! Thread-per-core keeps the request path free of cross-thread work: a
 //! worker's connections, upstream pool and plugin instances are its own.
-//! Every task is tracked; on shutdown each worker stops accepting, asks its
-//! connections to finish (HTTP/1 after the current response, HTTP/2 with
-//! GOAWAY), and waits for them up to the grace period.
+//! Every task is tracked. Files: `socket` (the listening socket, the
+//! open-file limit), `worker` (a worker's accept loop), `connection` (one
+//! client connection with its timers), `signal` (SIGTERM/SIGINT).
+//!
+//! Shutdown, on the first signal: the listening socket is closed at once (new
+//! connections are refused, not left hanging), idle client connections are
+//! closed, busy ones are asked to finish (HTTP/1 after the current response,
+//! HTTP/2 with GOAWAY), idle upstream connections are closed and nothing
+//! more is pooled; the process exits as soon as the last request has
+//! finished, or at `shutdown_grace_ms`. Plugin deadlines stay armed until the
+//! last worker has stopped.
 
+mod connection;
+pub mod signal;
+mod socket;
 mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control::registry::Registry;
@@ -31,6 +41,8 @@ pub struct Server {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
     config: Config,
+    /// The resolved client connection cap.
+    max_connections: u32,
     shared: Arc<Shared>,
     registry: Registry,
     commands: (
@@ -48,21 +60,18 @@ impl Server {
         let runtime = plugin::Runtime::new(config.plugins.cache_dir.clone())?;
         let mut registry = Registry::new(runtime, &config.plugins)?;
         let state = registry.build_state(&config, &metrics, None)?;
-        let listener =
-            std::net::TcpListener::bind(config.server.listen).map_err(|source| Error::Listen {
-                addr: config.server.listen,
-                source,
-            })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::Listen {
-                addr: config.server.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: config.server.listen,
+        let listen = config.server.listen;
+        let listen_error = |source| Error::Listen {
+            addr: listen,
             source,
-        })?;
+        };
+        let listener = socket::bind(listen, config.server.backlog).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        let fd_limit = socket::raise_fd_limit();
+        let max_connections = match config.server.max_connections {
+            0 => socket::auto_max_connections(fd_limit),
+            n => n,
+        };
         let shared = Arc::new(Shared {
             state: arc_swap::ArcSwap::from_pointee(state),
             metrics,
@@ -74,6 +83,7 @@ impl Server {
             listener,
             local_addr,
             config,
+            max_connections,
             shared,
             registry,
             commands,
@@ -98,21 +108,31 @@ impl Server {
         self.shared.metrics.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// The client connection cap in force (`server.max_connections`, or the
+    /// one derived from the open-file limit).
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let cancel = CancellationToken::new();
-        let mut finished = Vec::with_capacity(self.config.server.workers);
-        for index in 0..self.config.server.workers {
-            let listener = self.listener.try_clone().map_err(|source| Error::Listen {
-                addr: self.local_addr,
-                source,
-            })?;
+        let server = &self.config.server;
+        let slots = Arc::new(Semaphore::new(self.max_connections as usize));
+        let builder = Arc::new(connection::builder(server));
+        let mut finished = Vec::with_capacity(server.workers);
+        let listen_error = |source| Error::Listen {
+            addr: self.local_addr,
+            source,
+        };
+        for index in 0..server.workers {
+            let listener = self.listener.try_clone().map_err(listen_error)?;
             let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
             let worker = Worker {
                 shared: self.shared.clone(),
-                tracker: TaskTracker::new(),
-                header_read_timeout: self.config.server.header_read_timeout,
-                grace: self.config.server.shutdown_grace,
+                slots: slots.clone(),
+                builder: builder.clone(),
+                grace: server.shutdown_grace,
             };
             let cancel = cancel.clone();
             std::thread::Builder::new()
@@ -123,14 +143,23 @@ impl Server {
                     }
                     let _ = done.send(());
                 })
-                .map_err(|source| Error::Listen {
-                    addr: self.local_addr,
-                    source,
-                })?;
+                .map_err(listen_error)?;
             finished.push(finished_rx);
         }
-        tracing::info!(addr = %self.local_addr, workers = self.config.server.workers, "veer is serving");
+        // The workers hold the only descriptors of the listening socket now:
+        // when they drop theirs on shutdown, it closes.
+        drop(self.listener);
+        tracing::info!(
+            addr = %self.local_addr,
+            workers = server.workers,
+            max_connections = self.max_connections,
+            "veer is serving"
+        );
+        let grace = server.shutdown_grace;
         let (_, rx) = self.commands;
+        // Plugin deadlines must keep firing until the last worker stops: hold
+        // the engine's ticker until then.
+        let plugin_runtime = self.registry.runtime().clone();
         let controller = Controller {
             registry: self.registry,
             config: self.config.clone(),
@@ -140,14 +169,16 @@ impl Server {
         let control = tokio::spawn(controller.run(rx, cancel.clone()));
         shutdown.await;
         tracing::info!(
-            "shutting down: draining connections for up to {:?}",
-            self.config.server.shutdown_grace
+            "shutting down: not accepting; draining connections for up to {:?}",
+            grace
         );
         cancel.cancel();
         let _ = control.await;
         for rx in finished {
             let _ = rx.await;
         }
+        drop(plugin_runtime);
+        tracing::info!("stopped");
         Ok(())
     }
 }

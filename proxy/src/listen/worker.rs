@@ -1,18 +1,18 @@
 //! One worker: a single-threaded event loop that accepts connections from the
-//! shared listening socket and serves them, and drains them on shutdown.
+//! shared listening socket (while the process is under `max_connections`),
+//! serves them, and drains them on shutdown.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http;
+use super::connection::{self, Timers};
 use crate::state::Shared;
 use crate::upstream;
 
@@ -23,10 +23,15 @@ const IDLE_SWEEP: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub(super) struct Worker {
+    /// Routes, pools and counters.
     pub(super) shared: Arc<Shared>,
-    /// This worker's tasks: downstream connections and upstream connections.
-    pub(super) tracker: TaskTracker,
-    pub(super) header_read_timeout: Duration,
+    /// One permit per client connection, shared by all workers: the process
+    /// cap. A worker takes a permit before it accepts, so at the cap it stops
+    /// accepting and new clients wait in the listen backlog.
+    pub(super) slots: Arc<Semaphore>,
+    /// HTTP server settings shared by every connection.
+    pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
+    /// How long shutdown waits for connections to finish.
     pub(super) grace: Duration,
 }
 
@@ -48,67 +53,68 @@ impl Worker {
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
-        let this = Arc::new(self);
+        // This worker's tasks: client connections and upstream connections.
+        let tracker = TaskTracker::new();
         let mut sweep = tokio::time::interval(IDLE_SWEEP);
         loop {
-            tokio::select! {
+            let permit = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = sweep.tick() => upstream::sweep_idle(false),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let conn_this = this.clone();
-                        let builder = builder.clone();
-                        let cancel = cancel.clone();
-                        this.tracker.spawn(async move {
-                            let service_this = conn_this.clone();
-                            let service = service_fn(move |request| {
-                                let this = service_this.clone();
-                                async move {
-                                    Ok::<_, Infallible>(http::handle(&this.shared, &this.tracker, request, peer, false).await)
-                                }
-                            });
-                            let connection = builder.serve_connection(TokioIo::new(stream), service);
-                            let mut connection = std::pin::pin!(connection);
-                            let result = tokio::select! {
-                                result = connection.as_mut() => result,
-                                _ = cancel.cancelled() => {
-                                    connection.as_mut().graceful_shutdown();
-                                    connection.await
-                                }
-                            };
-                            if let Err(e) = result {
-                                tracing::debug!(%peer, "connection ended: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                        }
-                    }
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // closed: never, the semaphore is ours
                 },
+            };
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = sweep.tick() => {
+                    upstream::sweep_idle(false);
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let timers = Timers::of(&self.shared.state.load().server);
+                    let shared = self.shared.clone();
+                    shared.metrics.connection_opened();
+                    let serve = connection::serve(
+                        stream,
+                        peer,
+                        shared.clone(),
+                        tracker.clone(),
+                        self.builder.clone(),
+                        timers,
+                        cancel.clone(),
+                    );
+                    tracker.spawn(async move {
+                        serve.await;
+                        shared.metrics.connection_closed();
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
             }
         }
+        // Refuse new connections at once; close idle upstream connections
+        // and pool nothing more, so that nothing but requests in flight keeps
+        // the drain alive.
         drop(listener);
-        upstream::sweep_idle(true);
-        this.tracker.close();
-        if tokio::time::timeout(this.grace, this.tracker.wait())
+        upstream::drain();
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 "{} connections still open after the grace period; closing them",
-                this.tracker.len()
+                tracker.len()
             );
         }
         Ok(())

@@ -1,35 +1,78 @@
-//! A backend's response body, streamed to the client.
+//! A backend's response body, streamed to the client. It returns its
+//! connection to the pool once read to the end, keeps the backend's
+//! in-flight count until then, and gives up on a backend that stops sending
+//! for `read_timeout_ms` (the client's stream is then closed: its status line
+//! went out already, so nothing better can be said).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use super::Exchange;
 use super::pool::{Returner, give_back};
-use crate::stats::InFlight;
+use crate::stats::{InFlight, Metrics};
 
-/// A backend's response body, streamed through. Returns the connection to the
-/// pool once read to the end, and keeps the backend's in-flight count until
-/// then.
+/// Why a response body ended early.
+#[derive(Debug)]
+pub enum ResponseBodyError {
+    /// The backend sent nothing for `read_timeout_ms`.
+    Stalled(Duration),
+    /// The backend's connection failed mid-body.
+    Broken(hyper::Error),
+}
+
+impl std::fmt::Display for ResponseBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBodyError::Stalled(after) => {
+                write!(f, "the backend sent no body data for {after:?}")
+            }
+            ResponseBodyError::Broken(e) => write!(f, "the backend's body broke off: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseBodyError {}
+
+/// A backend's response body (see the module docs).
 pub struct UpstreamBody {
     inner: Incoming,
     returner: Option<Returner>,
     done: bool,
+    read_timeout: Duration,
+    /// When the body counts as stalled unless a frame arrives first.
+    deadline: Instant,
+    /// Armed only while the backend keeps us waiting (most bodies never are).
+    timer: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
     _in_flight: InFlight,
 }
 
 impl UpstreamBody {
     /// Wraps `exchange`'s body; returns the response head and the body.
-    pub fn wrap(exchange: Exchange, in_flight: InFlight) -> Response<UpstreamBody> {
+    pub fn wrap(
+        exchange: Exchange,
+        in_flight: InFlight,
+        read_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Response<UpstreamBody> {
         let Exchange { response, returner } = exchange;
         response.map(|inner| UpstreamBody {
             inner,
             returner: Some(returner),
             done: false,
+            read_timeout,
+            deadline: Instant::now() + read_timeout,
+            timer: None,
+            metrics,
             _in_flight: in_flight,
         })
     }
@@ -47,17 +90,43 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.deadline = Instant::now() + this.read_timeout;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                Metrics::inc(&this.metrics.upstream_body_errors);
+                this.returner = None;
+                Poll::Ready(Some(Err(ResponseBodyError::Broken(e))))
+            }
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    Metrics::inc(&this.metrics.upstream_body_timeouts);
+                    this.returner = None;
+                    return Poll::Ready(Some(Err(ResponseBodyError::Stalled(this.read_timeout))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

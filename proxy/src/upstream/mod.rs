@@ -3,20 +3,20 @@
 //! comes back intact for the next candidate (safe to retry for any method,
 //! body included, because not a byte of it was read).
 //!
-//! The pool is thread-local: a worker's connections are only used by that
-//! worker's tasks (each worker runs a single-threaded event loop), so checkout
-//! and return take no lock. A connection returns to the pool when the response
-//! body has been read to its end ([`UpstreamBody`]); a response dropped early
-//! closes its connection, as it must.
-
+//! A connection returns to the pool when the response body has been read to
+//! its end ([`UpstreamBody`]); a response dropped early closes its
+//! connection, as it must.
 //!
-//! Files: [`pool`] (idle connections, per worker), [`body`] (the response
-//! body that returns its connection when read to the end).
+//! Files: `pool` (idle connections, per worker), `body` (the response body
+//! that returns its connection when read to the end, with a read timer),
+//! `error` (what failed, and whether a retry is safe).
 
-pub mod body;
+mod body;
+mod error;
 mod pool;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -27,10 +27,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use crate::stats::Metrics;
+use crate::http::body::RequestBody;
+use crate::stats::{BackendStats, Metrics};
 pub use body::UpstreamBody;
-pub use pool::sweep_idle;
+pub use error::{ConnectFailure, RetrySafety, UpstreamError};
 use pool::{Returner, Sender, checkout};
+pub use pool::{drain, sweep_idle};
 
 /// How to reach one backend.
 #[derive(Debug, Clone, Copy)]
@@ -43,21 +45,17 @@ pub struct Target {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// Most open connections to the backend (all workers); 0: no cap.
+    pub max_connections: u32,
 }
 
-/// Why a send failed.
-#[derive(Debug)]
-pub enum SendError {
-    /// No connection could be made; nothing was sent and the request is handed
-    /// back for another candidate.
-    Connect {
-        /// What went wrong.
-        reason: String,
-        /// The untouched request.
-        request: Box<Request<Incoming>>,
-    },
-    /// The request was (at least partly) sent, then the exchange failed.
-    Exchange(hyper::Error),
+/// A failed send: what happened, and the request when nothing of it was
+/// sent (so it can go to the next candidate).
+pub struct SendFailure {
+    /// What happened.
+    pub error: UpstreamError,
+    /// The request, untouched, when nothing was sent.
+    pub unsent: Option<Request<RequestBody>>,
 }
 
 /// A response from a backend, and what to do with its connection afterwards.
@@ -67,16 +65,30 @@ pub struct Exchange {
     returner: Returner,
 }
 
+/// Which connections a send may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// A pooled one if there is one, else a new one.
+    PooledOrNew,
+    /// Only a new one (after a pooled one closed without a response).
+    New,
+}
+
 /// Sends `request` to `target` on a pooled connection, or a new one.
 pub async fn send(
     target: Target,
-    mut request: Request<Incoming>,
+    stats: &Arc<BackendStats>,
+    mut request: Request<RequestBody>,
+    which: Connection,
     tracker: &TaskTracker,
     metrics: &Metrics,
-) -> Result<Exchange, SendError> {
+) -> Result<Exchange, SendFailure> {
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
-    while let Some(mut sender) = checkout(target.addr) {
+    while which == Connection::PooledOrNew {
+        let Some(mut sender) = checkout(target.addr) else {
+            break;
+        };
         // Poll readiness once: a pooled connection is ready unless it is still
         // busy (e.g. finishing an upload its backend answered early) or
         // closed. Either way, waiting could take long: skip it.
@@ -93,17 +105,34 @@ pub async fn send(
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) => request = unsent,
-                None => return Err(SendError::Exchange(e.into_error())),
+                None => {
+                    return Err(SendFailure {
+                        error: after_send(target.addr, true, e.into_error()),
+                        unsent: None,
+                    });
+                }
             },
         }
     }
+    let Some(open) = stats.open_connection(target.max_connections) else {
+        return Err(SendFailure {
+            error: UpstreamError::AtCapacity {
+                addr: target.addr,
+                limit: target.max_connections,
+            },
+            unsent: Some(request),
+        });
+    };
     Metrics::inc(&metrics.upstream_connects);
-    let mut sender = match connect(target, tracker).await {
+    let mut sender = match connect(target, open, tracker).await {
         Ok(sender) => sender,
         Err(reason) => {
-            return Err(SendError::Connect {
-                reason,
-                request: Box::new(request),
+            return Err(SendFailure {
+                error: UpstreamError::Connect {
+                    addr: target.addr,
+                    reason,
+                },
+                unsent: Some(request),
             });
         }
     };
@@ -113,38 +142,55 @@ pub async fn send(
             returner: Returner { sender, target },
         }),
         Err(mut e) => match e.take_message() {
-            Some(unsent) => Err(SendError::Connect {
-                reason: format!(
-                    "connection closed before the request was sent: {}",
-                    e.error()
-                ),
-                request: Box::new(unsent),
+            Some(unsent) => Err(SendFailure {
+                error: UpstreamError::ClosedBeforeSend {
+                    addr: target.addr,
+                    source: e.into_error(),
+                },
+                unsent: Some(unsent),
             }),
-            None => Err(SendError::Exchange(e.into_error())),
+            None => Err(SendFailure {
+                error: after_send(target.addr, false, e.into_error()),
+                unsent: None,
+            }),
         },
     }
 }
 
-async fn connect(target: Target, tracker: &TaskTracker) -> Result<Sender, String> {
+/// Classifies a failure after the request went out.
+fn after_send(addr: SocketAddr, reused: bool, source: hyper::Error) -> UpstreamError {
+    if source.is_parse() || source.is_parse_status() {
+        UpstreamError::InvalidResponse { addr, source }
+    } else {
+        UpstreamError::SentNoResponse {
+            addr,
+            reused,
+            source,
+        }
+    }
+}
+
+async fn connect(
+    target: Target,
+    open: crate::stats::OpenConnection,
+    tracker: &TaskTracker,
+) -> Result<Sender, ConnectFailure> {
     let stream =
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(target.addr)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(format!("connect to {}: {e}", target.addr)),
-            Err(_) => {
-                return Err(format!(
-                    "connect to {}: timed out after {:?}",
-                    target.addr, target.connect_timeout
-                ));
-            }
+            Ok(Err(e)) => return Err(ConnectFailure::Io(e)),
+            Err(_) => return Err(ConnectFailure::TimedOut(target.connect_timeout)),
         };
     let _ = stream.set_nodelay(true);
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake with {}: {e}", target.addr))?;
+        .map_err(ConnectFailure::Handshake)?;
     // The connection task ends when its sender is dropped (pool eviction,
-    // shutdown) or the backend closes it.
+    // shutdown) or the backend closes it; the connection counts as open
+    // until then.
     tracker.spawn(async move {
+        let _open = open;
         if let Err(e) = connection.await {
             tracing::debug!("upstream connection ended: {e}");
         }

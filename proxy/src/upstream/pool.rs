@@ -4,17 +4,17 @@
 //! worker's tasks (each worker runs a single-threaded event loop), so checkout
 //! and return take no lock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
 use super::Target;
+use crate::http::body::RequestBody;
 
-pub(super) type Sender = http1::SendRequest<Incoming>;
+pub(super) type Sender = http1::SendRequest<RequestBody>;
 
 struct IdleConn {
     sender: Sender,
@@ -24,6 +24,8 @@ struct IdleConn {
 thread_local! {
     /// This worker's idle connections, by backend address.
     static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
+    /// Set when this worker shuts down: nothing is pooled any more.
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What returns a connection to the pool once its response is read.
@@ -48,7 +50,7 @@ pub(super) fn checkout(addr: SocketAddr) -> Option<Sender> {
 
 pub(super) fn give_back(returner: Returner) {
     let Returner { sender, target } = returner;
-    if sender.is_closed() || target.max_idle == 0 {
+    if sender.is_closed() || target.max_idle == 0 || DRAINING.with(Cell::get) {
         return;
     }
     IDLE.with(|idle| {
@@ -74,4 +76,11 @@ pub fn sweep_idle(all: bool) {
             !conns.is_empty()
         });
     });
+}
+
+/// Shutdown: closes this worker's idle connections and pools nothing more,
+/// so connections finishing their last response close instead of waiting.
+pub fn drain() {
+    DRAINING.with(|d| d.set(true));
+    sweep_idle(true);
 }

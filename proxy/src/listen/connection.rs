@@ -1,0 +1,307 @@
+//! One client connection: HTTP/1.1 or HTTP/2 (detected), with one timer per
+//! connection that enforces every client-side time limit:
+//!
+//! - from accept to the first complete request head: `first_request_timeout`
+//!   (this covers protocol detection, which has no timer of its own, so a
+//!   client that connects and says nothing is closed);
+//! - from the first byte of a later head to its end (HTTP/1.1):
+//!   `header_read_timeout`;
+//! - idle with no request in progress (HTTP/1.1 between requests, HTTP/2
+//!   with no open stream): `keepalive_timeout` (HTTP/2: GOAWAY).
+//!
+//! The timer is one `Sleep`, re-armed in place; what it checks is kept in an
+//! [`Activity`] that the socket wrapper, the service and the response body
+//! update with a few relaxed atomics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerSettings;
+use crate::http::body::ProxyBody;
+use crate::state::Shared;
+use crate::stats::{Metrics, now_ms};
+
+/// The HTTP server settings every connection of the process shares (set at
+/// start: the HTTP/1 parser limits and HTTP/2 PINGs need a restart).
+pub(super) fn builder(server: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Our own timer covers head reads (see the module docs).
+        .header_read_timeout(None)
+        // A head larger than the read buffer is refused with 431 by hyper.
+        .max_buf_size(server.max_header_bytes.max(8192))
+        .max_headers(server.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
+        .keep_alive_interval(server.h2_ping_interval)
+        .keep_alive_timeout(server.h2_ping_timeout);
+    builder
+}
+
+/// The client-side time limits, read from the current state at accept.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timers {
+    pub first_request: Duration,
+    pub header_read: Duration,
+    pub keepalive: Duration,
+}
+
+impl Timers {
+    pub(super) fn of(server: &ServerSettings) -> Timers {
+        Timers {
+            first_request: server.first_request_timeout,
+            header_read: server.header_read_timeout,
+            keepalive: server.keepalive_timeout,
+        }
+    }
+}
+
+/// What the connection timer looks at.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests whose response is not finished.
+    active: AtomicU32,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+    /// `now_ms()` when the last response finished (the connection went idle).
+    idle_since_ms: AtomicU64,
+    /// `now_ms()` of the first byte read while idle: a head has begun.
+    head_started_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (heads are frames; no head timer).
+    h2: AtomicBool,
+}
+
+/// What the timer decided.
+enum Verdict {
+    /// Check again at this `now_ms()`.
+    Wait(u64),
+    /// Close now; counts under this metric.
+    Close(fn(&Metrics) -> &std::sync::atomic::AtomicU64),
+}
+
+impl Activity {
+    fn check(&self, accepted_ms: u64, timers: &Timers) -> Verdict {
+        let now = now_ms();
+        let after = |since: u64, limit: Duration| since + limit.as_millis() as u64;
+        let (deadline, counter): (u64, fn(&Metrics) -> &std::sync::atomic::AtomicU64) =
+            if self.requests.load(Relaxed) == 0 {
+                (after(accepted_ms, timers.first_request), |m| {
+                    &m.client_first_request_timeouts
+                })
+            } else if self.active.load(Relaxed) > 0 {
+                // Bodies have timers of their own; look again later.
+                return Verdict::Wait(after(now, timers.keepalive));
+            } else {
+                let head = self.head_started_ms.load(Relaxed);
+                if head != 0 && !self.h2.load(Relaxed) {
+                    (after(head, timers.header_read), |m| {
+                        &m.client_header_timeouts
+                    })
+                } else {
+                    (
+                        after(self.idle_since_ms.load(Relaxed), timers.keepalive),
+                        |m| &m.client_idle_closes,
+                    )
+                }
+            };
+        if now >= deadline {
+            Verdict::Close(counter)
+        } else {
+            Verdict::Wait(deadline)
+        }
+    }
+
+    fn request_started(&self, version: Version) {
+        self.requests.fetch_add(1, Relaxed);
+        self.active.fetch_add(1, Relaxed);
+        self.head_started_ms.store(0, Relaxed);
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Relaxed);
+        }
+    }
+
+    fn request_finished(&self) {
+        if self.active.fetch_sub(1, Relaxed) == 1 {
+            self.head_started_ms.store(0, Relaxed);
+            self.idle_since_ms.store(now_ms(), Relaxed);
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends, a timer closes it, or
+/// shutdown (then it is asked to finish and given until the worker's grace
+/// period ends).
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timers: Timers,
+    cancel: CancellationToken,
+) {
+    let accepted_ms = now_ms();
+    let metrics = shared.metrics.clone();
+    let activity = Arc::new(Activity::default());
+    let io = Watched {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let service_activity = activity.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (shared, tracker) = (shared.clone(), tracker.clone());
+        let guard = Active::new(service_activity.clone(), request.version());
+        async move {
+            let response = crate::http::handle(&shared, &tracker, request, peer, false).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _active: guard,
+            }))
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let timer = tokio::time::sleep(timers.first_request);
+    let mut timer = std::pin::pin!(timer);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = cancel.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = timer.as_mut() => match activity.check(accepted_ms, &timers) {
+                Verdict::Wait(at_ms) => {
+                    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                }
+                Verdict::Close(counter) => {
+                    Metrics::inc(counter(&metrics));
+                    break Ok(());
+                }
+            },
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// The socket, noting when a request head begins to arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && self.activity.active.load(Relaxed) == 0
+            && self.activity.head_started_ms.load(Relaxed) == 0
+        {
+            self.activity.head_started_ms.store(now_ms(), Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request in progress on the connection, until its response body is
+/// done (or the request is abandoned).
+struct Active(Arc<Activity>);
+
+impl Active {
+    fn new(activity: Arc<Activity>, version: Version) -> Active {
+        activity.request_started(version);
+        Active(activity)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct Tracked {
+    body: ProxyBody,
+    _active: Active,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::http::body::ResponseError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,161 @@
+//! Why an attempt on a backend failed, and what that means for a retry.
+//!
+//! The attempt loop needs to know one thing above all: did the backend
+//! possibly act on the request? Not if no connection was made, or the
+//! connection closed before the request was written: any request can then go
+//! to the next candidate, body and all. If the request was sent and the
+//! connection failed before any response byte, only a request that can be
+//! replayed (no body) with an idempotent method may be sent again. Once a
+//! response has started, nothing can be retried.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What went wrong with one backend.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made. Nothing was sent.
+    Connect {
+        /// The backend.
+        addr: SocketAddr,
+        /// The OS error, or a timeout.
+        reason: ConnectFailure,
+    },
+    /// The backend is at `max_connections_per_backend` and no idle
+    /// connection was free. Nothing was sent; this is not the backend's fault.
+    AtCapacity {
+        /// The backend.
+        addr: SocketAddr,
+        /// The cap.
+        limit: u32,
+    },
+    /// A connection was made (or taken from the pool) but closed before the
+    /// request was written. Nothing was sent.
+    ClosedBeforeSend {
+        /// The backend.
+        addr: SocketAddr,
+        /// hyper's account.
+        source: hyper::Error,
+    },
+    /// The request was (at least partly) sent, then the connection failed
+    /// before any response byte arrived. The backend may have acted on it.
+    SentNoResponse {
+        /// The backend.
+        addr: SocketAddr,
+        /// Whether the connection came from the keep-alive pool (then the
+        /// likely cause is the backend closing an idle connection just as the
+        /// request went out: a fresh connection usually succeeds).
+        reused: bool,
+        /// hyper's account.
+        source: hyper::Error,
+    },
+    /// The backend sent something that is not a valid HTTP response head.
+    InvalidResponse {
+        /// The backend.
+        addr: SocketAddr,
+        /// hyper's account.
+        source: hyper::Error,
+    },
+    /// No response head within `response_timeout_ms` of the request body's
+    /// end, or the backend stopped reading the request body for
+    /// `send_timeout_ms`.
+    TimedOut {
+        /// The backend.
+        addr: SocketAddr,
+        /// Which timer fired.
+        what: &'static str,
+        /// Its setting.
+        after: Duration,
+    },
+}
+
+/// Why a connect failed.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    /// The OS refused (connection refused, unreachable, …).
+    Io(std::io::Error),
+    /// `connect_timeout_ms` passed.
+    TimedOut(Duration),
+    /// The HTTP/1.1 handshake on the new connection failed.
+    Handshake(hyper::Error),
+}
+
+/// Whether a failed attempt may be tried again (elsewhere or on a fresh
+/// connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySafety {
+    /// Nothing reached the backend: safe for any request.
+    NothingSent,
+    /// The backend may have received the request: safe only to replay an
+    /// idempotent request without a body.
+    IfReplayable,
+    /// Not safe (a timeout after the request went out, a bad response).
+    Never,
+}
+
+impl UpstreamError {
+    /// See [`RetrySafety`].
+    pub fn retry_safety(&self) -> RetrySafety {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::AtCapacity { .. }
+            | UpstreamError::ClosedBeforeSend { .. } => RetrySafety::NothingSent,
+            UpstreamError::SentNoResponse { .. } => RetrySafety::IfReplayable,
+            UpstreamError::InvalidResponse { .. } | UpstreamError::TimedOut { .. } => {
+                RetrySafety::Never
+            }
+        }
+    }
+
+    /// Whether this counts against the backend's passive health
+    /// (`max_fails`). A full backend or a pooled connection the backend
+    /// closed while idle does not.
+    pub fn counts_as_backend_failure(&self) -> bool {
+        match self {
+            UpstreamError::AtCapacity { .. } => false,
+            UpstreamError::SentNoResponse { reused, .. } => !reused,
+            UpstreamError::ClosedBeforeSend { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect { addr, reason } => match reason {
+                ConnectFailure::Io(e) => write!(f, "connect to {addr}: {e}"),
+                ConnectFailure::TimedOut(after) => {
+                    write!(f, "connect to {addr}: timed out after {after:?}")
+                }
+                ConnectFailure::Handshake(e) => write!(f, "handshake with {addr}: {e}"),
+            },
+            UpstreamError::AtCapacity { addr, limit } => write!(
+                f,
+                "{addr} is at max_connections_per_backend ({limit}) with no idle connection"
+            ),
+            UpstreamError::ClosedBeforeSend { addr, source } => write!(
+                f,
+                "connection to {addr} closed before the request was sent: {source}"
+            ),
+            UpstreamError::SentNoResponse {
+                addr,
+                reused,
+                source,
+            } => write!(
+                f,
+                "{addr} closed the {} connection without a response: {source}",
+                if *reused { "reused" } else { "new" }
+            ),
+            UpstreamError::InvalidResponse { addr, source } => {
+                write!(f, "{addr} sent an invalid response: {source}")
+            }
+            UpstreamError::TimedOut { addr, what, after } => {
+                write!(f, "{addr} {what} within {after:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
