@@ -251,3 +251,87 @@ async fn on_shutdown_in_flight_requests_finish_and_new_connections_are_refused()
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn trailers_pass_through_both_ways_over_http1_chunked() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /trailers HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nte: trailers\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("x-got: abc123"),
+        "the request trailer reached the backend and the response trailer came back: {text}"
+    );
+}
+
+#[tokio::test]
+async fn http2_cookie_fields_reach_an_http1_backend_joined() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config(&addresses(&[&a]), "")).await;
+    let answer = Client::h2(proxy.addr)
+        .await
+        .get_with("/headers", &[("cookie", "a=1"), ("cookie", "b=2")])
+        .await;
+    assert!(
+        answer.body.contains("cookie: a=1; b=2\n"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body.matches("cookie:").count(), 1, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_extended_not_replaced() {
+    let a = Backend::start("a").await;
+    let sent = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-real-ip", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+    ];
+    // Trusted: the test client connects from 127.0.0.1.
+    let trusted = Proxy::start(&format!(
+        "{}[pools.web]\nbackends = [{}]\n",
+        server(1, "trusted_proxies = [\"127.0.0.0/8\"]"),
+        addresses(&[&a])
+    ))
+    .await;
+    let body = Client::h1(trusted.addr)
+        .await
+        .get_with("/headers", &sent)
+        .await
+        .body;
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-real-ip: 203.0.113.7\n"), "{body}");
+    assert!(body.contains("forwarded: for=203.0.113.7\n"), "{body}");
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+
+    let untrusted = Proxy::start(&format!(
+        "{}[pools.web]\nbackends = [{}]\n",
+        server(1, "trusted_proxies = [\"10.0.0.0/8\"]"),
+        addresses(&[&a])
+    ))
+    .await;
+    let body = Client::h1(untrusted.addr)
+        .await
+        .get_with("/headers", &sent)
+        .await
+        .body;
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(
+        !body.contains("x-real-ip") && !body.contains("forwarded: for"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+}

@@ -23,7 +23,10 @@ pub type TestBody = BoxBody<Bytes, std::io::Error>;
 /// - `/count?delay_ms=N`: waits N ms, then reads the whole body and answers with its length;
 /// - `/stream?bytes=N`: streams N bytes (1 MiB chunks), counting what it produced in `produced`;
 /// - `/slow?ms=N`: answers after N ms;
-/// - `/headers`: answers with the request headers, one `name: value` a line;
+/// - `/headers` (any path with `headers` in it): answers with the request
+///   headers, one `name: value` a line, then `path: ` and the path it was sent;
+/// - `/trailers`: reads the body and its trailers, answers with a chunked
+///   body and a trailer `x-got` repeating the request's `x-checksum` trailer;
 /// - anything else: its name.
 ///
 /// Every answer has `x-backend: NAME`.
@@ -143,13 +146,32 @@ async fn backend_answer(
             tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
             full(name.clone())
         }
-        "/headers" => {
-            let text: String = req
+        p if p.contains("headers") => {
+            let mut text: String = req
                 .headers()
                 .iter()
                 .map(|(k, v)| format!("{}: {}\n", k, v.to_str().unwrap_or("?")))
                 .collect();
+            text.push_str(&format!("path: {}\n", req.uri()));
             full(text)
+        }
+        "/trailers" => {
+            let collected = req.into_body().collect().await.unwrap();
+            let got = collected
+                .trailers()
+                .and_then(|t| t.get("x-checksum"))
+                .map_or("none".to_string(), |v| v.to_str().unwrap().to_string());
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-got", got.parse().unwrap());
+            let frames = vec![
+                Frame::data(Bytes::from_static(b"body")),
+                Frame::trailers(trailers),
+            ];
+            return Ok(Response::builder()
+                .header("x-backend", name.as_str())
+                .header("trailer", "x-got")
+                .body(FramesBody(frames.into()).boxed())
+                .unwrap());
         }
         _ => full(name.clone()),
     };
@@ -266,6 +288,16 @@ impl Proxy {
     /// Asks the proxy to shut down and waits until it has drained.
     pub async fn stop(mut self) {
         self.cancel.cancel();
+        self.running.take().unwrap().await.unwrap().unwrap();
+    }
+
+    /// Asks the proxy to shut down (as SIGTERM does) without waiting.
+    pub fn begin_stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until the proxy has stopped.
+    pub async fn stopped(mut self) {
         self.running.take().unwrap().await.unwrap().unwrap();
     }
 }
@@ -534,4 +566,198 @@ pub async fn until_served_by(addr: SocketAddr, backend: &str, limit: Duration) -
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// A body of frames known in advance (data, then trailers).
+pub struct FramesBody(pub std::collections::VecDeque<Frame<Bytes>>);
+
+impl hyper::body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A backend that answers each request and then closes the connection
+/// without saying so (no `Connection: close`), as some servers and
+/// middleboxes do: a proxy that pools the connection meets a closed socket.
+pub struct ClosingBackend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+impl Drop for ClosingBackend {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl ClosingBackend {
+    pub async fn start(name: &'static str) -> ClosingBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = ClosingBackend {
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::default(),
+            cancel: CancellationToken::new(),
+        };
+        let (hits, cancel) = (backend.hits.clone(), backend.cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut stream = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                let hits = hits.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    // Closed on drop, with no word of it in the response.
+                });
+            }
+        });
+        backend
+    }
+}
+
+/// A backend in a process of its own (this test binary, re-run as
+/// `support::backend_process`), so a test can SIGKILL it like a crashed
+/// server. Killed on drop.
+pub struct ProcessBackend {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl ProcessBackend {
+    pub fn start(name: &str) -> ProcessBackend {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "support::backend_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("VEER_TEST_BACKEND_NAME", name)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the test binary can start itself");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the backend process prints its address")
+                .unwrap();
+            // The harness may print its own words before ours on the line.
+            if let Some((_, addr)) = line.split_once("VEER_TEST_BACKEND_ADDR=") {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        ProcessBackend { addr, child }
+    }
+
+    /// SIGKILL: the process dies at once, its sockets closed by the kernel.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The body of a [`ProcessBackend`]: runs only when started as one.
+#[test]
+#[ignore = "a helper process started by ProcessBackend, not a test"]
+fn backend_process() {
+    let Ok(name) = std::env::var("VEER_TEST_BACKEND_NAME") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let backend = Backend::start(&name).await;
+        println!("VEER_TEST_BACKEND_ADDR={}", backend.addr);
+        // Bounded: a backend whose parent forgot it exits by itself.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+}
+
+/// `[server]` for tests with `workers` workers and extra settings.
+pub fn server(workers: usize, extra: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n{extra}\n")
+}
+
+/// Reads from a raw socket until the peer closes it or `limit` passes;
+/// returns what was read and whether it closed.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns the status code of the
+/// answer (0 if the connection closed without one) and its text. Reads until
+/// the response is complete (by `content-length`) or the connection closes.
+pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| got.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }

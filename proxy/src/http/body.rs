@@ -203,6 +203,11 @@ impl Body for RequestBody {
                 progress.waiting_on_client.store(false, Relaxed);
                 progress.last_frame_ms.store(now_ms(), Relaxed);
                 body.deadline = Instant::now() + body.idle;
+                if body.inner.is_end_stream() {
+                    // A body of known length may never be polled to its end.
+                    progress.done.store(true, Relaxed);
+                    progress.changed.notify_waiters();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {

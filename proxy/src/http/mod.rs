@@ -117,7 +117,15 @@ pub async fn handle(
 
     // Rewrite for the backend: HTTP/1.1, origin-form URI, `Host` = the one
     // authority.
+    let accepts_trailers = rewrite::accepts_trailers(&parts.headers);
     rewrite::strip_hop_by_hop(&mut parts.headers);
+    if accepts_trailers {
+        // `TE` is hop-by-hop, but "I take trailers" holds for the client
+        // behind this hop too: without it a backend may drop its trailers.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if parts.version == Version::HTTP_2 {
         rewrite::join_cookies(&mut parts.headers);
     }

@@ -58,6 +58,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Whether the client said it accepts trailers (`TE: trailers`).
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.trim()
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Joins several `cookie` fields into one (`"; "` between them), as an
 /// HTTP/1.1 backend expects; HTTP/2 clients send one field per cookie.
 pub fn join_cookies(headers: &mut HeaderMap) {

@@ -90,6 +90,9 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// The connection speaks HTTP/2 (heads are frames; no head timer).
     h2: AtomicBool,
+    /// Wakes the timer when the connection goes idle or a head begins, so it
+    /// can move its deadline earlier.
+    changed: tokio::sync::Notify,
 }
 
 /// What the timer decided.
@@ -145,6 +148,7 @@ impl Activity {
         if self.active.fetch_sub(1, Relaxed) == 1 {
             self.head_started_ms.store(0, Relaxed);
             self.idle_since_ms.store(now_ms(), Relaxed);
+            self.changed.notify_one();
         }
     }
 }
@@ -192,6 +196,12 @@ pub(super) async fn serve(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
+            _ = activity.changed.notified() => {
+                if let Verdict::Wait(at_ms) = activity.check(accepted_ms, &timers) {
+                    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                }
+            }
             _ = timer.as_mut() => match activity.check(accepted_ms, &timers) {
                 Verdict::Wait(at_ms) => {
                     let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
@@ -228,6 +238,7 @@ impl AsyncRead for Watched {
             && self.activity.head_started_ms.load(Relaxed) == 0
         {
             self.activity.head_started_ms.store(now_ms(), Relaxed);
+            self.activity.changed.notify_one();
         }
         polled
     }
