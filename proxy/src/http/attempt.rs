@@ -160,7 +160,7 @@ pub(super) async fn forward(
             tracing::warn!(pool = %config.name, backend = %backend.address, "backend marked down for {:?}: {}", config.fail_timeout, failure.error);
         }
         match failure.error.retry_safety() {
-            RetrySafety::NothingSent => request = failure.unsent,
+            RetrySafety::NothingSent => request = failure.unsent.map(|r| *r),
             RetrySafety::IfReplayable if replay.is_some() => {}
             _ => return upstream_failed(ctx, &config.name, &failure.error),
         }

@@ -55,7 +55,7 @@ pub struct SendFailure {
     /// What happened.
     pub error: UpstreamError,
     /// The request, untouched, when nothing was sent.
-    pub unsent: Option<Request<RequestBody>>,
+    pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
 /// A response from a backend, and what to do with its connection afterwards.
@@ -85,10 +85,11 @@ pub async fn send(
 ) -> Result<Exchange, SendFailure> {
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
-    while which == Connection::PooledOrNew {
-        let Some(mut sender) = checkout(target.addr) else {
-            break;
-        };
+    let pooled = || match which {
+        Connection::PooledOrNew => checkout(target.addr),
+        Connection::New => None,
+    };
+    while let Some(mut sender) = pooled() {
         // Poll readiness once: a pooled connection is ready unless it is still
         // busy (e.g. finishing an upload its backend answered early) or
         // closed. Either way, waiting could take long: skip it.
@@ -120,7 +121,7 @@ pub async fn send(
                 addr: target.addr,
                 limit: target.max_connections,
             },
-            unsent: Some(request),
+            unsent: Some(Box::new(request)),
         });
     };
     Metrics::inc(&metrics.upstream_connects);
@@ -132,7 +133,7 @@ pub async fn send(
                     addr: target.addr,
                     reason,
                 },
-                unsent: Some(request),
+                unsent: Some(Box::new(request)),
             });
         }
     };
@@ -147,7 +148,7 @@ pub async fn send(
                     addr: target.addr,
                     source: e.into_error(),
                 },
-                unsent: Some(unsent),
+                unsent: Some(Box::new(unsent)),
             }),
             None => Err(SendFailure {
                 error: after_send(target.addr, false, e.into_error()),
