@@ -40,6 +40,35 @@ async fn the_wasm_round_robin_visits_backends_in_exact_order_over_h2c() {
 }
 
 #[tokio::test]
+async fn with_two_workers_each_connection_keeps_its_worker_order_and_the_spread_is_even() {
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
+    let proxy = Proxy::start(&format!(
+        "{}[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        server(2, ""),
+        addresses(&[&a, &b, &c])
+    ))
+    .await;
+    // One connection lives on one worker: its requests follow that worker's
+    // turn, so a lone client still sees the exact order.
+    let seen = seven_backends_seen(Client::h1(proxy.addr).await).await;
+    let start = seen[0].clone();
+    let names = ["a", "b", "c"];
+    let first = names.iter().position(|n| *n == start).unwrap();
+    let expected: Vec<&str> = (0..7).map(|i| names[(first + i) % 3]).collect();
+    assert_eq!(seen, expected);
+    // Many clients over both workers: every backend gets its third.
+    let counts = load(proxy.addr, 12, 30, "/", &[]).await;
+    for name in names {
+        let share = counts[name] as f64 / 360.0;
+        assert!(
+            (0.30..=0.37).contains(&share),
+            "{name}: {share:.3} of {counts:?}"
+        );
+    }
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}
+
+#[tokio::test]
 async fn a_plugin_loaded_from_a_file_decides_the_backend() {
     let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&format!(

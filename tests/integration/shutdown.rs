@@ -25,8 +25,16 @@ async fn in_flight_requests_finish_and_new_connections_are_refused(workers: usiz
     .await;
     let addr = proxy.addr;
     // An idle keep-alive client, and one with a request in flight.
-    let mut idle = Client::h1(addr).await;
-    assert_eq!(idle.get("/").await.status, 200);
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
     let in_flight = tokio::spawn(async move { Client::h1(addr).await.get("/slow?ms=800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -95,12 +103,8 @@ fn start_veer(dir: &TempDir, toml: &str) -> (std::process::Child, std::net::Sock
     (child, addr)
 }
 
-fn signal(child: &std::process::Child, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), signal).unwrap();
 }
 
 /// Waits up to `limit` for the process to exit.
@@ -131,7 +135,7 @@ async fn sigterm_refuses_new_connections_at_once_and_exits_when_the_last_request
     );
     let in_flight = tokio::spawn(async move { Client::h1(addr).await.get("/slow?ms=800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&veer, "TERM");
+    signal(&veer, rustix::process::Signal::TERM);
     let signalled = Instant::now();
     let mut refused_after = None;
     while signalled.elapsed() < Duration::from_millis(500) {
@@ -175,13 +179,13 @@ async fn a_second_sigterm_exits_at_once() {
         client.get("/slow?ms=20000").await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&veer, "TERM");
+    signal(&veer, rustix::process::Signal::TERM);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         veer.try_wait().unwrap().is_none(),
         "still draining after the first"
     );
-    signal(&veer, "INT");
+    signal(&veer, rustix::process::Signal::INT);
     let status = exited_within(&mut veer, Duration::from_millis(500))
         .await
         .expect("the second signal exits at once");
