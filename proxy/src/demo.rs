@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -30,6 +30,10 @@ workers = 1
 [plugins]
 dir = ""   # no plugin folder for the demo
 
+[tls]      # HTTPS with a self-signed certificate made at start
+listen = "{tls_listen}"
+certificates = [{ cert = "{cert}", key = "{key}" }]
+
 [pools.demo]
 strategy = "round-robin"
 backends = [{backends}]
@@ -38,25 +42,65 @@ backends = [{backends}]
 /// Name of the response header demo backends set.
 pub const BACKEND_HEADER: &str = "x-veer-backend";
 
-/// The demo configuration for `listen` and `backends`, as TOML text.
-pub fn demo_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// The demo configuration for `listen`, `tls_listen`, the certificate files
+/// and `backends`, as TOML text.
+pub fn demo_config(
+    listen: SocketAddr,
+    tls_listen: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    backends: &[SocketAddr],
+) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     DEMO_CONFIG
         .replace("{listen}", &listen.to_string())
+        .replace("{tls_listen}", &tls_listen.to_string())
+        .replace("{cert}", &cert.display().to_string())
+        .replace("{key}", &key.display().to_string())
         .replace("{backends}", &list.join(", "))
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1, written to a
+/// fresh private folder (removed when the returned guard drops).
+fn self_signed() -> Result<(TempFolder, PathBuf, PathBuf), Error> {
+    let demo_error = |reason: String| Error::Demo(reason);
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| demo_error(format!("could not make a certificate: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("veer-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| demo_error(format!("{}: {e}", dir.display())))?;
+    let folder = TempFolder(dir.clone());
+    let (cert, key) = (dir.join("demo.pem"), dir.join("demo-key.pem"));
+    std::fs::write(&cert, generated.cert.pem())
+        .and_then(|()| std::fs::write(&key, generated.signing_key.serialize_pem()))
+        .map_err(|e| demo_error(format!("{}: {e}", dir.display())))?;
+    Ok((folder, cert, key))
+}
+
+/// Removes a folder when dropped.
+struct TempFolder(PathBuf);
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo until SIGTERM or SIGINT (a second one exits at once).
-pub async fn serve(listen: SocketAddr) -> Result<(), Error> {
+pub async fn serve(listen: SocketAddr, tls_listen: SocketAddr) -> Result<(), Error> {
     let signals = crate::listen::signal::Signals::install()?;
     let first = async move {
         let _ = signals.first.await;
     };
-    crate::until_second_signal(run(listen, first), signals.second).await
+    crate::until_second_signal(run(listen, tls_listen, first), signals.second).await
 }
 
 /// Runs the demo until `shutdown`.
-pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    listen: SocketAddr,
+    tls_listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut backends = Vec::new();
@@ -77,14 +121,19 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
             cancel.clone(),
         ));
     }
-    let text = demo_config(listen, &backends);
+    let (_folder, cert, key) = self_signed()?;
+    let text = demo_config(listen, tls_listen, &cert, &key, &backends);
     let config = Config::from_toml(&text, Path::new("."))?;
     let server = crate::Server::bind(config)?;
     let addr = server.local_addr();
+    let https = server.https_addr().unwrap_or(tls_listen);
     println!(
-        "veer demo: proxy on http://{addr}/ balancing over 3 backends with the Wasm plugin `round-robin`."
+        "veer demo: proxy on http://{addr}/ and https://{https}/ balancing over 3 backends with the Wasm plugin `round-robin`."
     );
     println!("Try:  for i in 1 2 3 4; do curl -s http://{addr}/hello; done");
+    println!(
+        "      curl -k https://{https}/hello          (self-signed certificate; add --http2 for h2 by ALPN)"
+    );
     println!("(configuration in use:)\n{text}");
     let result = server.run(shutdown).await;
     cancel.cancel();

@@ -105,6 +105,9 @@ pub enum Error {
     /// A signal handler could not be installed.
     #[error("could not install a signal handler: {0}")]
     Signal(std::io::Error),
+    /// The demo could not be set up.
+    #[error("the demo could not start: {0}")]
+    Demo(String),
     /// A second SIGTERM or SIGINT stopped Veer before in-flight requests
     /// finished.
     #[error("stopped at once by a second signal; requests still in flight were cut off")]

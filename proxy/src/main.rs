@@ -33,9 +33,12 @@ enum Command {
     Plugin(PluginCommand),
     /// Start three demo backends and the proxy in front of them; no file needed.
     Demo {
-        /// Where the proxy listens.
+        /// Where the proxy listens (plain HTTP).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where it listens for HTTPS (a self-signed certificate).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: SocketAddr,
     },
 }
 
@@ -104,8 +107,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { listen } => control_runtime()?
-            .block_on(veer::demo::serve(listen))
+        Command::Demo { listen, tls_listen } => control_runtime()?
+            .block_on(veer::demo::serve(listen, tls_listen))
             .context("the demo stopped"),
     }
 }

@@ -44,6 +44,8 @@ pub struct Pool {
     pub stats: Arc<[Arc<BackendStats>]>,
     /// The strategy.
     pub balancer: Balancer,
+    /// HTTPS to the backends, when the pool has `tls`.
+    pub tls: Option<crate::upstream::TlsClient>,
 }
 
 /// What every worker shares.
@@ -52,4 +54,6 @@ pub struct Shared {
     pub state: arc_swap::ArcSwap<State>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The port of the HTTPS listener, for redirects to it.
+    pub https_port: Option<u16>,
 }

@@ -32,8 +32,6 @@ pub struct BackendStats {
     /// `now_ms()` until which the backend is considered down; once past, the
     /// first request to claim it (by moving it forward) probes the backend.
     down_until_ms: AtomicU64,
-    /// Open connections to the backend, all workers together.
-    open_connections: AtomicU32,
 }
 
 /// Weight of a new latency sample in the EWMA, as a right shift: 1/8.
@@ -87,26 +85,22 @@ impl BackendStats {
             .is_ok()
     }
 
-    /// Open connections to this backend (all workers).
-    pub fn open_connections(&self) -> u32 {
-        self.open_connections.load(Relaxed)
-    }
-
-    /// Counts an open connection until the guard drops; `None` when `limit`
-    /// (if not 0) is reached.
-    pub fn open_connection(self: &std::sync::Arc<Self>, limit: u32) -> Option<OpenConnection> {
-        let before = self.open_connections.fetch_add(1, Relaxed);
-        if limit != 0 && before >= limit {
-            self.open_connections.fetch_sub(1, Relaxed);
-            return None;
-        }
-        Some(OpenConnection(self.clone()))
-    }
-
     /// Counts a request in flight until the guard drops.
     pub fn start_request(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Like [`BackendStats::start_request`], but `None` when `limit` (if not
+    /// 0) requests are in flight already: an HTTP/1.1 backend then has that
+    /// many connections in use (NGINX `max_conns`).
+    pub fn try_start_request(self: &std::sync::Arc<Self>, limit: u32) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, Relaxed);
+        if limit != 0 && before >= limit {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(InFlight(self.clone()))
     }
 
     /// Records a response's time to headers. Load-then-store: two concurrent
@@ -139,11 +133,14 @@ impl BackendStats {
     /// Records a successful connection; returns true when this brings the
     /// backend back up (for a log line on the flip).
     pub fn record_success(&self) -> bool {
-        if self.consecutive_failures.load(Relaxed) == 0 {
-            return false;
+        // Loads first: on the common path (up, no failures) nothing is
+        // written to this shared cache line.
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
         }
-        self.consecutive_failures.store(0, Relaxed);
-        self.down_until_ms.swap(0, Relaxed) != 0
+        // Cleared whatever the failure count says: a failure racing with this
+        // success may have marked the backend down after the count was reset.
+        self.down_until_ms.load(Relaxed) != 0 && self.down_until_ms.swap(0, Relaxed) != 0
     }
 
     /// Records a failed connection; after `max_fails` in a row the backend is
@@ -174,16 +171,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-/// An open connection to a backend; uncounted when dropped.
-#[derive(Debug)]
-pub struct OpenConnection(std::sync::Arc<BackendStats>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -231,11 +218,25 @@ metrics! {
     client_header_timeouts,
     /// Idle client connections closed after `keepalive_timeout_ms`.
     client_idle_closes,
+    /// Client connections closed because the client stopped reading a
+    /// response for `client_send_timeout_ms`.
+    client_send_timeouts,
     /// Requests refused by the proxy itself as malformed or too large
     /// (400, 405, 413, 431).
     bad_requests,
     /// Request bodies that stalled for `client_body_timeout_ms` (408).
     client_body_timeouts,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS handshakes that failed (garbage, no shared protocol, a refused
+    /// client certificate, …).
+    tls_handshake_failures,
+    /// TLS handshakes not completed within `tls.handshake_timeout_ms`.
+    tls_handshake_timeouts,
+    /// Certificate reloads applied.
+    tls_certificate_reloads,
+    /// Certificate reloads refused (the old certificates kept serving).
+    tls_certificate_reload_refusals,
     /// Plugin calls that trapped.
     plugin_traps,
     /// Plugin calls that ran past their deadline.

@@ -132,7 +132,7 @@ async fn a_backend_slower_than_the_response_timeout_gives_504() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&pool_config(
         &addresses(&[&a]),
-        "response_timeout_ms = 200\n",
+        "response_timeout_ms = 200\nconnect_timeout_ms = 100\n",
     ))
     .await;
     let answer = Client::h1(proxy.addr).await.get("/slow?ms=3000").await;
@@ -334,4 +334,31 @@ async fn forwarding_headers_from_a_trusted_proxy_are_extended_not_replaced() {
         "{body}"
     );
     assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+}
+
+#[tokio::test]
+async fn an_ipv4_client_on_a_dual_stack_listener_is_seen_as_ipv4() {
+    let a = Backend::start("a").await;
+    let Ok(proxy) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        Proxy::try_start(&format!(
+            "[server]\nlisten = \"[::]:0\"\nworkers = 1\ntrusted_proxies = [\"127.0.0.0/8\"]\n[pools.web]\nbackends = [{}]\n",
+            addresses(&[&a])
+        )),
+    )
+    .await
+    .unwrap() else {
+        eprintln!("no IPv6 on this machine: skipped");
+        return;
+    };
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.addr.port()));
+    let body = Client::h1(v4)
+        .await
+        .get_with("/headers", &[("x-forwarded-for", "203.0.113.7")])
+        .await
+        .body;
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "trusted as 127.0.0.1, not ::ffff:127.0.0.1: {body}"
+    );
 }

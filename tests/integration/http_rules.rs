@@ -148,3 +148,11 @@ async fn connect_gets_405_with_a_reason() {
     assert!(text.contains("not a tunnel"), "{text}");
     assert!(text.to_ascii_lowercase().contains("allow: get"), "{text}");
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_backend_with_the_pool_name_as_host() {
+    let (_web, _api, _admin, proxy) = two_pools().await;
+    let (status, text) = raw_status(proxy.addr, b"GET /headers HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("host: web\n"), "{text}");
+}

@@ -282,7 +282,7 @@ async fn a_malformed_chunk_from_the_client_gets_400_not_502() {
 async fn a_slow_upload_to_a_fast_backend_is_not_timed_out_by_the_response_timer() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&format!(
-        "{SERVER}[pools.web]\nbackends = [{}]\nresponse_timeout_ms = 300\n",
+        "{SERVER}[pools.web]\nbackends = [{}]\nresponse_timeout_ms = 300\nconnect_timeout_ms = 100\n",
         addresses(&[&a])
     ))
     .await;
@@ -312,7 +312,7 @@ async fn a_slow_upload_to_a_fast_backend_is_not_timed_out_by_the_response_timer(
 async fn a_backend_that_sends_no_head_after_the_upload_gets_504() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&format!(
-        "{SERVER}[pools.web]\nbackends = [{}]\nresponse_timeout_ms = 300\n",
+        "{SERVER}[pools.web]\nbackends = [{}]\nresponse_timeout_ms = 300\nconnect_timeout_ms = 100\n",
         addresses(&[&a])
     ))
     .await;
@@ -382,4 +382,40 @@ async fn connections_per_backend_are_capped_and_a_full_pool_gets_503() {
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 503, 503, 503, 503]);
     assert_eq!(a.concurrency.max.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_off_and_frees_the_backend() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&format!(
+        "{}[pools.web]\nbackends = [{}]\n",
+        server(1, "client_send_timeout_ms = 500"),
+        addresses(&[&a])
+    ))
+    .await;
+    // Ask for 256 MiB and read none of it.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream?bytes=268435456 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if proxy.metrics.snapshot().client_send_timeouts == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            proxy.metrics.snapshot()
+        );
+    }
+    let produced = a.produced.load(Ordering::Relaxed);
+    assert!(
+        produced < 64 << 20,
+        "the backend was stopped early: {produced} bytes"
+    );
+    // The proxy still serves others.
+    assert_eq!(Client::h1(proxy.addr).await.get("/").await.status, 200);
 }

@@ -253,6 +253,22 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// Starts, or says why it could not (e.g. no IPv6 here).
+    pub async fn try_start(toml: &str) -> Result<Proxy, veer::Error> {
+        let config =
+            veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
+        let server = veer::Server::bind(config)?;
+        let cancel = CancellationToken::new();
+        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
+        Ok(Proxy {
+            addr,
+            metrics,
+            cancel,
+            running: Some(running),
+        })
+    }
+
     pub async fn start(toml: &str) -> Proxy {
         let config =
             veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");

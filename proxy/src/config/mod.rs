@@ -25,6 +25,7 @@ mod plugins;
 mod pools;
 mod routes;
 mod server;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +35,10 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
-pub use pools::{BackendConfig, BackendSection, PoolConfig, PoolSection};
+pub use pools::{BackendConfig, BackendSection, PoolConfig, PoolSection, UpstreamTls};
 pub use routes::{Route, RouteSection};
 pub use server::{ForwardPath, ServerSection, ServerSettings};
+pub use tls::{CertificateSection, ClientAuth, TlsSection, TlsSettings};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +47,9 @@ pub struct ConfigFile {
     /// Listener and worker settings.
     #[serde(default)]
     pub server: ServerSection,
+    /// The HTTPS listener, if any.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
     /// Plugin limits and extra plugin files.
     #[serde(default)]
     pub plugins: PluginsSection,
@@ -64,6 +69,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Listener, workers, connection limits and timeouts.
     pub server: ServerSettings,
+    /// The HTTPS listener, if any.
+    pub tls: Option<TlsSettings>,
     /// Plugin settings.
     pub plugins: PluginSettings,
     /// Routes, most specific first.
@@ -114,6 +121,17 @@ impl ConfigFile {
     /// config) and resolves defaults.
     pub fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.validate(base_dir))
+            .transpose()?;
+        if server.redirect_to_https.is_some() && tls.is_none() {
+            return Err(ConfigError::at(
+                "server.redirect_to_https",
+                "redirects to HTTPS, but there is no [tls] listener",
+            ));
+        }
         let plugins = self.plugins.validate(base_dir)?;
         if self.pools.is_empty() {
             return Err(ConfigError::at(
@@ -123,13 +141,14 @@ impl ConfigFile {
         }
         let mut pools = Vec::with_capacity(self.pools.len());
         for (name, pool) in &self.pools {
-            pools.push(pools::validate_pool(name, pool)?);
+            pools.push(pools::validate_pool(name, pool, base_dir)?);
         }
         let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
         let routes = routes::validate(&self.routes, &names)?;
         Ok(Config {
             source: None,
             server,
+            tls,
             plugins,
             routes,
             pools,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -60,9 +61,45 @@ pub struct PoolSection {
     /// Idle keep-alive connections kept per backend and worker. Default 64.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_backend: usize,
+    /// Speak HTTPS to the backends (see [`UpstreamTlsSection`]). Default
+    /// none: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsSection>,
     /// How long an idle upstream connection is kept, ms. Default 60000.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+}
+
+/// `[pools.NAME.tls]`: HTTPS to the backends.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// The name sent as SNI and verified in the backend's certificate.
+    /// Default: each backend's host as written in its address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// CA certificates (PEM) to verify backends with, instead of the
+    /// system's roots. Default: the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain (PEM) to present to backends (with
+    /// `client_key`). Default none.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Validated upstream TLS settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// See [`UpstreamTlsSection::server_name`].
+    pub server_name: Option<String>,
+    /// See [`UpstreamTlsSection::ca`].
+    pub ca: Option<PathBuf>,
+    /// (chain, key), see [`UpstreamTlsSection::client_cert`].
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 fn default_strategy() -> String {
@@ -183,6 +220,8 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// See [`PoolSection::idle_timeout_ms`].
     pub idle_timeout: Duration,
+    /// See [`PoolSection::tls`].
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A validated backend.
@@ -198,7 +237,11 @@ pub struct BackendConfig {
     pub labels: Vec<(String, String)>,
 }
 
-pub(super) fn validate_pool(name: &str, pool: &PoolSection) -> Result<PoolConfig, ConfigError> {
+pub(super) fn validate_pool(
+    name: &str,
+    pool: &PoolSection,
+    base_dir: &Path,
+) -> Result<PoolConfig, ConfigError> {
     let key = format!("pools.{name}");
     if name.is_empty()
         || !name
@@ -252,12 +295,44 @@ pub(super) fn validate_pool(name: &str, pool: &PoolSection) -> Result<PoolConfig
     let send_timeout = ms("send_timeout_ms", pool.send_timeout_ms, DAY_MS)?;
     let fail_timeout = ms("fail_timeout_ms", pool.fail_timeout_ms, DAY_MS)?;
     let idle_timeout = ms("idle_timeout_ms", pool.idle_timeout_ms, DAY_MS)?;
+    for (name, timer) in [
+        ("response_timeout_ms", response_timeout),
+        ("send_timeout_ms", send_timeout),
+    ] {
+        if timer < connect_timeout {
+            return Err(ConfigError::at(
+                format!("{key}.{name}"),
+                format!(
+                    "{} ms is shorter than connect_timeout_ms ({} ms): a slow connect would end as a timeout instead of trying the next backend",
+                    timer.as_millis(),
+                    connect_timeout.as_millis()
+                ),
+            ));
+        }
+    }
     if pool.retries > 16 {
         return Err(ConfigError::at(
             format!("{key}.retries"),
             format!("{} is more than 16", pool.retries),
         ));
     }
+    let tls = match &pool.tls {
+        None => None,
+        Some(t) => Some(UpstreamTls {
+            server_name: t.server_name.clone(),
+            ca: t.ca.as_ref().map(|p| base_dir.join(p)),
+            client_cert: match (&t.client_cert, &t.client_key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((base_dir.join(c), base_dir.join(k))),
+                _ => {
+                    return Err(ConfigError::at(
+                        format!("{key}.tls"),
+                        "client_cert and client_key go together",
+                    ));
+                }
+            },
+        }),
+    };
     let strategy_config = serde_json::to_string(&pool.strategy_config)
         .map_err(|e| ConfigError::at(format!("{key}.strategy_config"), e.to_string()))?;
     Ok(PoolConfig {
@@ -275,6 +350,7 @@ pub(super) fn validate_pool(name: &str, pool: &PoolSection) -> Result<PoolConfig
         fail_timeout,
         max_idle_per_backend: pool.max_idle_per_backend,
         idle_timeout,
+        tls,
     })
 }
 
@@ -296,7 +372,7 @@ mod tests {
 
     fn pool(toml_text: &str) -> Result<PoolConfig, ConfigError> {
         let section: PoolSection = toml::from_str(toml_text).unwrap();
-        validate_pool("web", &section)
+        validate_pool("web", &section, Path::new("."))
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ServerSection {
     /// Longest pause allowed while a client sends a request body, ms; past
     /// it the client gets 408. Default 60000.
     pub client_body_timeout_ms: u64,
+    /// Longest time a client may leave a response unread (writes to it
+    /// blocked), ms; past it the connection is closed. Default 60000.
+    pub client_send_timeout_ms: u64,
     /// On shutdown, time given to in-flight requests to finish, ms.
     /// Default 10000.
     pub shutdown_grace_ms: u64,
@@ -66,6 +69,10 @@ pub struct ServerSection {
     /// The path sent to backends: `"original"` (as the client wrote it) or
     /// `"normalized"` (as routes see it). Default `"original"`.
     pub forward_path: ForwardPath,
+    /// 301 or 308: the plain listener answers every request with a redirect
+    /// to the same host and path over HTTPS (the `[tls]` listener's port).
+    /// 0 serves plain HTTP. Default 0.
+    pub redirect_to_https: u16,
 }
 
 /// Which path a backend gets.
@@ -95,9 +102,11 @@ impl Default for ServerSection {
             max_headers: 100,
             max_body_bytes: 0,
             client_body_timeout_ms: 60_000,
+            client_send_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
             forward_path: ForwardPath::Original,
+            redirect_to_https: 0,
         }
     }
 }
@@ -132,12 +141,16 @@ pub struct ServerSettings {
     pub max_body_bytes: Option<u64>,
     /// See [`ServerSection::client_body_timeout_ms`].
     pub client_body_timeout: Duration,
+    /// See [`ServerSection::client_send_timeout_ms`].
+    pub client_send_timeout: Duration,
     /// See [`ServerSection::shutdown_grace_ms`].
     pub shutdown_grace: Duration,
     /// See [`ServerSection::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServerSection::forward_path`].
     pub forward_path: ForwardPath,
+    /// See [`ServerSection::redirect_to_https`]; `None` when off.
+    pub redirect_to_https: Option<http::StatusCode>,
 }
 
 /// One hour: the upper bound of every client-side timer.
@@ -198,6 +211,17 @@ impl ServerSection {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let redirect_to_https = match self.redirect_to_https {
+            0 => None,
+            301 => Some(http::StatusCode::MOVED_PERMANENTLY),
+            308 => Some(http::StatusCode::PERMANENT_REDIRECT),
+            other => {
+                return Err(ConfigError::at(
+                    "server.redirect_to_https",
+                    format!("{other} is not 0, 301 or 308"),
+                ));
+            }
+        };
         let h2_ping_interval = bounded_ms(
             "server.h2_ping_interval_ms",
             self.h2_ping_interval_ms,
@@ -243,6 +267,12 @@ impl ServerSection {
                 1,
                 HOUR_MS,
             )?,
+            client_send_timeout: bounded_ms(
+                "server.client_send_timeout_ms",
+                self.client_send_timeout_ms,
+                1,
+                HOUR_MS,
+            )?,
             shutdown_grace: bounded_ms(
                 "server.shutdown_grace_ms",
                 self.shutdown_grace_ms,
@@ -251,6 +281,7 @@ impl ServerSection {
             )?,
             trusted_proxies,
             forward_path: self.forward_path,
+            redirect_to_https,
         })
     }
 }

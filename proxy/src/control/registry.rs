@@ -20,6 +20,7 @@ use crate::plugin::balancer::{Balancer, BalancerSettings};
 use crate::plugin::{self, BackendInfo, Plugin};
 use crate::state::{Pool, State};
 use crate::stats::{BackendStats, Metrics};
+use crate::upstream::TlsClient;
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
@@ -293,10 +294,17 @@ impl Registry {
                     }
                     other => ConfigError::at(format!("{key}.strategy"), other.to_string()),
                 })?;
+            let tls = pool
+                .tls
+                .as_ref()
+                .map(|tls| TlsClient::new(tls, &pool.backends))
+                .transpose()
+                .map_err(|reason| ConfigError::at(format!("{key}.tls"), reason))?;
             pools.push(Arc::new(Pool {
                 config: pool.clone(),
                 stats,
                 balancer,
+                tls,
             }));
         }
         Ok(State {

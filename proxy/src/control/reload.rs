@@ -23,6 +23,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::listen::tls::CertStore;
+
+/// The debounce key of certificate reloads (not a real path).
+const CERTS: &str = "\0tls-certificates";
 use crate::control::registry::{Registry, is_plugin_file};
 use crate::state::Shared;
 use crate::stats::Metrics;
@@ -34,6 +38,8 @@ pub(crate) enum Command {
     ReloadConfig,
     /// A watched path changed.
     Changed(PathBuf),
+    /// Something changed in a folder holding TLS certificates or keys.
+    CertsChanged,
 }
 
 /// Asks a running server to change. Cheap to clone.
@@ -52,6 +58,8 @@ impl Handle {
 
 /// Owns the registry and the current configuration; applies changes.
 pub(crate) struct Controller {
+    /// The HTTPS listener's certificates, reloaded when their files change.
+    pub certs: Option<Arc<CertStore>>,
     pub registry: Registry,
     pub config: Config,
     pub shared: Arc<Shared>,
@@ -81,19 +89,41 @@ impl Controller {
                     Some(Command::Changed(path)) => {
                         due.insert(path, Instant::now() + debounce);
                     }
+                    Some(Command::CertsChanged) => {
+                        due.insert(PathBuf::from(CERTS), Instant::now() + debounce);
+                    }
                 },
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                     let now = Instant::now();
                     let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
                     for path in ready {
                         due.remove(&path);
-                        if self.is_config(&path) {
+                        if path.as_os_str() == CERTS {
+                            self.reload_certs();
+                        } else if self.is_config(&path) {
                             self.reload_config().await;
                         } else {
                             self.plugin_changed(&path).await;
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the certificate files again; a broken file leaves the old
+    /// certificates serving.
+    fn reload_certs(&self) {
+        let Some(certs) = &self.certs else { return };
+        let metrics = &self.shared.metrics;
+        match certs.reload() {
+            Ok(()) => {
+                Metrics::inc(&metrics.tls_certificate_reloads);
+                tracing::info!(names = ?certs.names(), "TLS certificates reloaded");
+            }
+            Err(reason) => {
+                Metrics::inc(&metrics.tls_certificate_reload_refusals);
+                tracing::warn!("new TLS certificates refused, the old ones keep serving: {reason}");
             }
         }
     }
@@ -239,6 +269,21 @@ pub(crate) fn watch(
 ) -> Option<notify::RecommendedWatcher> {
     let dir = config.plugins.dir.clone();
     let config_file = config.source.clone();
+    // Folders of certificate and key files: any change there (a file
+    // rewritten, a Kubernetes `..data` symlink swapped) reloads them.
+    let mut cert_dirs: Vec<PathBuf> = config
+        .tls
+        .iter()
+        .flat_map(|t| t.certificates.iter())
+        .flat_map(|(c, k)| [c, k])
+        .filter_map(|p| {
+            p.parent()
+                .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()))
+        })
+        .collect();
+    cert_dirs.sort();
+    cert_dirs.dedup();
+    let cert_dirs_for_events = cert_dirs.clone();
     let dir_for_events = dir.clone();
     let config_for_events = config_file.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -254,7 +299,13 @@ pub(crate) fn watch(
                 .as_deref()
                 .is_some_and(|c| same_file(c, &path));
             if (in_folder && is_plugin_file(&path)) || is_config {
-                let _ = tx.send(Command::Changed(path));
+                let _ = tx.send(Command::Changed(path.clone()));
+            }
+            if path
+                .parent()
+                .is_some_and(|p| cert_dirs_for_events.iter().any(|d| same_file(p, d)))
+            {
+                let _ = tx.send(Command::CertsChanged);
             }
         }
     })
@@ -268,6 +319,11 @@ pub(crate) fn watch(
         match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
             Ok(()) => tracing::info!(dir = %dir.display(), "watching the plugin folder"),
             Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch the plugin folder: {e}"),
+        }
+    }
+    for dir in &cert_dirs {
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), "cannot watch the certificate folder: {e}; restart to pick up new certificates");
         }
     }
     // The configuration's folder, not the file: editors replace files.

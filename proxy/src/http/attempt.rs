@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use super::body::{ClientBodyFailure, Progress, ProxyBody, RequestBody, message};
 use super::rewrite;
 use crate::state::{Pool, Shared};
-use crate::stats::{BackendStats, Metrics, now_ms};
+use crate::stats::{Metrics, now_ms};
 use crate::upstream::{
     self, Connection, Exchange, RetrySafety, SendFailure, Target, UpstreamBody, UpstreamError,
 };
@@ -67,12 +67,22 @@ pub(super) async fn forward(
     let mut attempts = 0u32;
     let mut at_capacity = 0u32;
     let mut last_error: Option<UpstreamError> = None;
-    for &id in candidates {
+    // First pass: backends marked down are skipped (but for the one request
+    // that wins a probe). If that admits none, every candidate is down: a
+    // second pass tries them anyway rather than answer without trying.
+    let n = candidates.len();
+    for index in 0..n * 2 {
+        let second_pass = index >= n;
+        if second_pass && (all_down || attempts > 0 || at_capacity > 0 || request.is_none()) {
+            break;
+        }
+        let id = candidates[index % n];
+        let anyway = all_down || second_pass;
         if attempts > config.retries {
             break;
         }
         let stats = &pool.stats[id as usize];
-        if !all_down && !stats.admit(config.fail_timeout) {
+        if !anyway && !stats.admit(config.fail_timeout) {
             continue;
         }
         let Some(next) = request.take().or_else(|| replayed(&replay)) else {
@@ -81,19 +91,24 @@ pub(super) async fn forward(
         let backend = &config.backends[id as usize];
         let target = Target {
             addr: backend.addr,
+            tls: pool.tls.as_ref().map(|client| (client, id as usize)),
             connect_timeout: config.connect_timeout,
             max_idle: config.max_idle_per_backend,
             idle_timeout: config.idle_timeout,
-            max_connections: config.max_connections_per_backend,
         };
-        let in_flight = stats.start_request();
+        let Some(in_flight) = stats.try_start_request(config.max_connections_per_backend) else {
+            at_capacity += 1;
+            if request.is_none() {
+                request = Some(next);
+            }
+            continue;
+        };
         let started = Instant::now();
         let mut outcome = exchange(
             ctx,
             tracker,
             pool,
             target,
-            stats,
             next,
             Connection::PooledOrNew,
             progress.as_deref(),
@@ -111,7 +126,6 @@ pub(super) async fn forward(
                 tracker,
                 pool,
                 target,
-                stats,
                 again,
                 Connection::New,
                 progress.as_deref(),
@@ -143,14 +157,10 @@ pub(super) async fn forward(
         if let Some(failed) = progress.as_ref().and_then(|p| p.failure()) {
             return client_failed(ctx, failed);
         }
-        if matches!(failure.error, UpstreamError::AtCapacity { .. }) {
-            at_capacity += 1;
-        } else {
-            if attempts > 0 {
-                Metrics::inc(&ctx.metrics.retries);
-            }
-            attempts += 1;
+        if attempts > 0 {
+            Metrics::inc(&ctx.metrics.retries);
         }
+        attempts += 1;
         if let UpstreamError::Connect { .. } = failure.error {
             Metrics::inc(&ctx.metrics.upstream_connect_errors);
         }
@@ -203,13 +213,12 @@ async fn exchange(
     ctx: &Shared,
     tracker: &TaskTracker,
     pool: &Pool,
-    target: Target,
-    stats: &Arc<BackendStats>,
+    target: Target<'_>,
     request: Request<RequestBody>,
     which: Connection,
     progress: Option<&Progress>,
 ) -> Result<Exchange, SendFailure> {
-    let send = upstream::send(target, stats, request, which, tracker, &ctx.metrics);
+    let send = upstream::send(target, request, which, tracker, &ctx.metrics);
     let timed_out = |(what, after)| SendFailure {
         error: UpstreamError::TimedOut {
             addr: target.addr,
@@ -253,15 +262,23 @@ async fn watch_upload(
             // The send fails with the body; nothing to time here.
             std::future::pending::<()>().await;
         }
+        if progress.waiting_on_client() {
+            // The client owes the next frame; the body times that itself.
+            // Woken when a frame arrives, the body ends or fails.
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = tokio::time::sleep(send_timeout) => {}
+            }
+            continue;
+        }
         let idle_for = now_ms().saturating_sub(progress.last_frame_ms());
         let left = (send_timeout.as_millis() as u64).saturating_sub(idle_for);
-        if left == 0 && !progress.waiting_on_client() {
+        if left == 0 {
             return ("stopped reading the request body", send_timeout);
         }
-        let wait = Duration::from_millis(left.max(1)).min(send_timeout);
         tokio::select! {
             _ = progress.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(Duration::from_millis(left)) => {}
         }
     }
 }

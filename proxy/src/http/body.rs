@@ -200,7 +200,9 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::TooLarge))));
                     }
                 }
-                progress.waiting_on_client.store(false, Relaxed);
+                if progress.waiting_on_client.swap(false, Relaxed) {
+                    progress.changed.notify_waiters();
+                }
                 progress.last_frame_ms.store(now_ms(), Relaxed);
                 body.deadline = Instant::now() + body.idle;
                 if body.inner.is_end_stream() {

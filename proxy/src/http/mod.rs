@@ -21,20 +21,38 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ForwardPath;
+pub use crate::listen::tls::TlsInfo;
 use crate::plugin::RequestScope;
 use crate::state::Shared;
 use crate::stats::Metrics;
 use body::{ProxyBody, RequestBody, message};
 pub use path::under as path_under;
 
+/// What a request knows of the connection it came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The TLS session, on the HTTPS listener.
+    pub tls: Option<TlsInfo>,
+}
+
+/// Request headers that carry a verified client certificate's identity to
+/// plugins and backends; whatever a client sends under these names is
+/// dropped.
+static CLIENT_SUBJECT: header::HeaderName =
+    header::HeaderName::from_static("x-client-cert-subject");
+static CLIENT_SAN: header::HeaderName = header::HeaderName::from_static("x-client-cert-san");
+
 /// Handles one downstream request; never fails (errors become 4xx/5xx).
 pub async fn handle(
     ctx: &Shared,
     tracker: &TaskTracker,
     request: Request<Incoming>,
-    client: SocketAddr,
-    tls: bool,
+    conn: &ConnInfo,
 ) -> Response<ProxyBody> {
+    let client = conn.peer;
+    let tls = conn.tls.is_some();
     Metrics::inc(&ctx.metrics.requests);
     let (mut parts, body) = request.into_parts();
     let refuse = |status: StatusCode, reason: &str| {
@@ -78,6 +96,22 @@ pub async fn handle(
         Err(bad) => return refuse(StatusCode::BAD_REQUEST, bad.0),
     };
     let host = authority.as_ref().map_or("", |a| a.host());
+    if let (Some(code), false, Some(port)) = (server.redirect_to_https, tls, ctx.https_port) {
+        return redirect_to_https(code, host, port, &parts.uri);
+    }
+    if let Some(info) = &conn.tls
+        && let Some(sni) = &info.sni
+        && !host.is_empty()
+        && !info.certs.same_certificate(sni, host)
+    {
+        Metrics::inc(&ctx.metrics.bad_requests);
+        return message(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "veer: this connection was made for {sni:?}, whose certificate does not cover {host:?}; connect again for that name\n"
+            ),
+        );
+    }
     let Some(pool) = state.route(host, &normalized).cloned() else {
         return message(
             StatusCode::NOT_FOUND,
@@ -101,6 +135,21 @@ pub async fn handle(
         server.max_body_bytes,
         server.forward_path,
     );
+
+    // A client certificate's identity, verified in the handshake, for the
+    // plugin and the backend; never what the client wrote itself.
+    parts.headers.remove(&CLIENT_SUBJECT);
+    parts.headers.remove(&CLIENT_SAN);
+    if let Some(identity) = conn.tls.as_ref().and_then(|t| t.client.as_ref()) {
+        if let Ok(value) = HeaderValue::from_str(&identity.subject) {
+            parts.headers.insert(CLIENT_SUBJECT.clone(), value);
+        }
+        for san in &identity.sans {
+            if let Ok(value) = HeaderValue::from_str(san) {
+                parts.headers.append(CLIENT_SAN.clone(), value);
+            }
+        }
+    }
 
     // Lend the headers and URI to the plugin for the call (no copy). The
     // plugin sees the normalised path, as routes do.
@@ -136,8 +185,17 @@ pub async fn handle(
         tls,
     };
     rewrite::set_forwarded(&mut parts.headers, &peer, authority.as_ref());
-    if let Some(authority) = authority {
-        parts.headers.insert(header::HOST, authority);
+    match authority {
+        Some(authority) => {
+            parts.headers.insert(header::HOST, authority);
+        }
+        // HTTP/1.0 without a host goes upstream as HTTP/1.1, which needs
+        // one: the pool's name, as NGINX sends its upstream's name.
+        None => {
+            if let Ok(name) = HeaderValue::from_str(&pool.config.name) {
+                parts.headers.insert(header::HOST, name);
+            }
+        }
     }
     let rewritten = match forward_path {
         ForwardPath::Normalized if normalized.as_ref() != parts.uri.path() => {
@@ -163,6 +221,28 @@ pub async fn handle(
         attempt::forward(ctx, tracker, &pool, &candidates, parts, body, progress).await;
     for (name, value) in plugin_headers {
         response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// The answer of a plain listener with `redirect_to_https`: same host and
+/// path, the HTTPS listener's port.
+fn redirect_to_https(code: StatusCode, host: &str, port: u16, uri: &Uri) -> Response<ProxyBody> {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let mut response = message(code, format!("veer: moved to {location}\n"));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
     response
 }

@@ -45,12 +45,13 @@ fn is_normal(path: &str) -> bool {
 
 fn decode_unreserved(path: &str) -> Result<String, BadPath> {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: a raw UTF-8 path must come out as it went in.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            out.push(b);
             i += 1;
             continue;
         }
@@ -65,14 +66,14 @@ fn decode_unreserved(path: &str) -> Result<String, BadPath> {
             return Err(BadPath("the path has an encoded NUL"));
         }
         if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
-            out.push(value as char);
+            out.push(value);
         } else {
-            out.push('%');
-            out.push_str(&format!("{value:02X}"));
+            out.extend_from_slice(format!("%{value:02X}").as_bytes());
         }
         i += 3;
     }
-    Ok(out)
+    // Only ASCII was added to what was valid UTF-8 already.
+    String::from_utf8(out).map_err(|_| BadPath("the path is not valid UTF-8"))
 }
 
 /// Collapses repeated slashes and removes `.` and `..` segments.
@@ -148,6 +149,11 @@ mod tests {
     fn reserved_escapes_stay_encoded_in_upper_case() {
         assert_eq!(norm("/a%2fb"), "/a%2Fb");
         assert_eq!(norm("/a%20b"), "/a%20B".replace('B', "b"));
+    }
+
+    #[test]
+    fn raw_utf8_survives_normalisation() {
+        assert_eq!(norm("/é%41//x"), "/éA/x");
     }
 
     #[test]

@@ -14,7 +14,6 @@
 //! update with a few relaxed atomics.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -29,14 +28,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerSettings;
+use crate::http::ConnInfo;
 use crate::http::body::ProxyBody;
 use crate::state::Shared;
 use crate::stats::{Metrics, now_ms};
+
+/// How long an HTTP/2 peer gets to close after an idle GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// The HTTP server settings every connection of the process shares (set at
 /// start: the HTTP/1 parser limits and HTTP/2 PINGs need a restart).
@@ -65,6 +67,7 @@ pub(super) struct Timers {
     pub first_request: Duration,
     pub header_read: Duration,
     pub keepalive: Duration,
+    pub client_send: Duration,
 }
 
 impl Timers {
@@ -73,6 +76,7 @@ impl Timers {
             first_request: server.first_request_timeout,
             header_read: server.header_read_timeout,
             keepalive: server.keepalive_timeout,
+            client_send: server.client_send_timeout,
         }
     }
 }
@@ -90,6 +94,9 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// The connection speaks HTTP/2 (heads are frames; no head timer).
     h2: AtomicBool,
+    /// `now_ms()` since when a write to the client has been blocked (the
+    /// client stopped reading); 0 when writes go through.
+    write_blocked_ms: AtomicU64,
     /// Wakes the timer when the connection goes idle or a head begins, so it
     /// can move its deadline earlier.
     changed: tokio::sync::Notify,
@@ -113,8 +120,14 @@ impl Activity {
                     &m.client_first_request_timeouts
                 })
             } else if self.active.load(Relaxed) > 0 {
-                // Bodies have timers of their own; look again later.
-                return Verdict::Wait(after(now, timers.keepalive));
+                let blocked = self.write_blocked_ms.load(Relaxed);
+                if blocked == 0 {
+                    // Bodies have timers of their own; look again later.
+                    return Verdict::Wait(after(now, timers.keepalive));
+                }
+                (after(blocked, timers.client_send), |m| {
+                    &m.client_send_timeouts
+                })
             } else {
                 let head = self.head_started_ms.load(Relaxed);
                 if head != 0 && !self.h2.load(Relaxed) {
@@ -144,6 +157,17 @@ impl Activity {
         }
     }
 
+    /// A write went through, or was blocked by a client not reading.
+    fn note_write(&self, blocked: bool) {
+        let since = self.write_blocked_ms.load(Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_ms.store(now_ms(), Relaxed);
+            self.changed.notify_one();
+        } else if !blocked && since != 0 {
+            self.write_blocked_ms.store(0, Relaxed);
+        }
+    }
+
     fn request_finished(&self) {
         if self.active.fetch_sub(1, Relaxed) == 1 {
             self.head_started_ms.store(0, Relaxed);
@@ -156,16 +180,20 @@ impl Activity {
 /// Serves one accepted connection until it ends, a timer closes it, or
 /// shutdown (then it is asked to finish and given until the worker's grace
 /// period ends).
-pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve<S>(
+    stream: S,
+    conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timers: Timers,
     cancel: CancellationToken,
-) {
-    let accepted_ms = now_ms();
+    accepted_ms: u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let metrics = shared.metrics.clone();
     let activity = Arc::new(Activity::default());
     let io = Watched {
@@ -174,10 +202,10 @@ pub(super) async fn serve(
     };
     let service_activity = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
-        let (shared, tracker) = (shared.clone(), tracker.clone());
+        let (shared, tracker, conn) = (shared.clone(), tracker.clone(), conn.clone());
         let guard = Active::new(service_activity.clone(), request.version());
         async move {
-            let response = crate::http::handle(&shared, &tracker, request, peer, false).await;
+            let response = crate::http::handle(&shared, &tracker, request, &conn).await;
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
                 _active: guard,
@@ -208,7 +236,18 @@ pub(super) async fn serve(
                     timer.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
                 Verdict::Close(counter) => {
+                    if closing {
+                        // A GOAWAY went out and the peer did not finish.
+                        break Ok(());
+                    }
                     Metrics::inc(counter(&metrics));
+                    if activity.h2.load(Relaxed) && activity.active.load(Relaxed) == 0 {
+                        // HTTP/2: say GOAWAY, then give the peer a moment.
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+                        continue;
+                    }
                     break Ok(());
                 }
             },
@@ -220,12 +259,12 @@ pub(super) async fn serve(
 }
 
 /// The socket, noting when a request head begins to arrive.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -244,13 +283,15 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.note_write(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -258,7 +299,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.note_write(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

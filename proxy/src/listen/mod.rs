@@ -18,6 +18,7 @@
 mod connection;
 pub mod signal;
 mod socket;
+pub mod tls;
 mod worker;
 
 use std::future::Future;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::registry::Registry;
 use crate::control::reload::{self, Command, Controller, Handle};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::plugin;
 use crate::state::Shared;
 use crate::stats::Metrics;
@@ -40,6 +41,8 @@ use worker::Worker;
 pub struct Server {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
+    /// The HTTPS listener, if configured.
+    https: Option<Https>,
     config: Config,
     /// The resolved client connection cap.
     max_connections: u32,
@@ -50,6 +53,14 @@ pub struct Server {
         tokio::sync::mpsc::UnboundedReceiver<Command>,
     ),
     watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// The bound HTTPS listener and what its handshakes need.
+struct Https {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    certs: Arc<tls::CertStore>,
 }
 
 impl Server {
@@ -67,6 +78,31 @@ impl Server {
         };
         let listener = socket::bind(listen, config.server.backlog).map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
+        let https = match &config.tls {
+            None => None,
+            Some(settings) => {
+                let certs = Arc::new(
+                    tls::CertStore::load(&settings.certificates)
+                        .map_err(|reason| ConfigError::at("tls.certificates", reason))?,
+                );
+                let server_config = tls::server_config(settings, certs.clone())
+                    .map_err(|reason| ConfigError::at("tls", reason))?;
+                let tls_error = |source| Error::Listen {
+                    addr: settings.listen,
+                    source,
+                };
+                let listener =
+                    socket::bind(settings.listen, config.server.backlog).map_err(tls_error)?;
+                let local_addr = listener.local_addr().map_err(tls_error)?;
+                tracing::info!(addr = %local_addr, names = ?certs.names(), "HTTPS listener bound");
+                Some(Https {
+                    listener,
+                    local_addr,
+                    acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
+                    certs,
+                })
+            }
+        };
         let fd_limit = socket::raise_fd_limit();
         let max_connections = match config.server.max_connections {
             0 => socket::auto_max_connections(fd_limit),
@@ -75,6 +111,7 @@ impl Server {
         let shared = Arc::new(Shared {
             state: arc_swap::ArcSwap::from_pointee(state),
             metrics,
+            https_port: https.as_ref().map(|h| h.local_addr.port()),
         });
         let commands = tokio::sync::mpsc::unbounded_channel();
         // Watch from now on: a change made before `run` is queued, not lost.
@@ -82,6 +119,7 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
+            https,
             config,
             max_connections,
             shared,
@@ -101,6 +139,11 @@ impl Server {
     /// The address actually listened on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTPS listener actually listens on, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|h| h.local_addr)
     }
 
     /// The server's counters.
@@ -127,8 +170,22 @@ impl Server {
         };
         for index in 0..server.workers {
             let listener = self.listener.try_clone().map_err(listen_error)?;
+            let https = match &self.https {
+                None => None,
+                Some(h) => Some(worker::HttpsListener {
+                    listener: h.listener.try_clone().map_err(listen_error)?,
+                    acceptor: h.acceptor.clone(),
+                    certs: h.certs.clone(),
+                    handshake_timeout: self
+                        .config
+                        .tls
+                        .as_ref()
+                        .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
+                }),
+            };
             let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
             let worker = Worker {
+                https,
                 shared: self.shared.clone(),
                 slots: slots.clone(),
                 builder: builder.clone(),
@@ -149,6 +206,8 @@ impl Server {
         // The workers hold the only descriptors of the listening socket now:
         // when they drop theirs on shutdown, it closes.
         drop(self.listener);
+        let certs = self.https.as_ref().map(|h| h.certs.clone());
+        drop(self.https);
         tracing::info!(
             addr = %self.local_addr,
             workers = server.workers,
@@ -161,6 +220,7 @@ impl Server {
         // the engine's ticker until then.
         let plugin_runtime = self.registry.runtime().clone();
         let controller = Controller {
+            certs,
             registry: self.registry,
             config: self.config.clone(),
             shared: self.shared.clone(),

@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Timers};
+use super::tls::{CertStore, ClientIdentity, TlsInfo};
+use crate::http::ConnInfo;
 use crate::state::Shared;
+use crate::stats::{Metrics, now_ms};
 use crate::upstream;
 
 /// How often a worker closes expired idle upstream connections.
@@ -22,7 +25,17 @@ const IDLE_SWEEP: Duration = Duration::from_secs(5);
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A worker's copy of the HTTPS listener.
+pub(super) struct HttpsListener {
+    pub(super) listener: std::net::TcpListener,
+    pub(super) acceptor: tokio_rustls::TlsAcceptor,
+    pub(super) certs: Arc<CertStore>,
+    pub(super) handshake_timeout: Duration,
+}
+
 pub(super) struct Worker {
+    /// The HTTPS listener, if any.
+    pub(super) https: Option<HttpsListener>,
     /// Routes, pools and counters.
     pub(super) shared: Arc<Shared>,
     /// One permit per client connection, shared by all workers: the process
@@ -48,11 +61,18 @@ impl Worker {
     }
 
     async fn serve(
-        self,
+        mut self,
         listener: std::net::TcpListener,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
+        let https = match self.https.take() {
+            Some(h) => {
+                let tls = Arc::new(h.tls());
+                Some((TcpListener::from_std(h.listener)?, tls))
+            }
+            None => None,
+        };
         // This worker's tasks: client connections and upstream connections.
         let tracker = TaskTracker::new();
         let mut sweep = tokio::time::interval(IDLE_SWEEP);
@@ -70,25 +90,59 @@ impl Worker {
                     upstream::sweep_idle(false);
                     continue;
                 }
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept() => accepted.map(|a| (a, None)),
+                accepted = accept_https(&https) => accepted.map(|(a, tls)| (a, Some(tls))),
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok(((stream, peer), tls)) => {
                     let _ = stream.set_nodelay(true);
+                    // An IPv4 client on a dual-stack socket arrives as
+                    // ::ffff:a.b.c.d; it is a.b.c.d to everyone else.
+                    let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                    let accepted_ms = now_ms();
                     let timers = Timers::of(&self.shared.state.load().server);
                     let shared = self.shared.clone();
                     shared.metrics.connection_opened();
-                    let serve = connection::serve(
-                        stream,
-                        peer,
-                        shared.clone(),
-                        tracker.clone(),
-                        self.builder.clone(),
-                        timers,
-                        cancel.clone(),
-                    );
+                    let (tracker_c, builder, cancel_c) =
+                        (tracker.clone(), self.builder.clone(), cancel.clone());
                     tracker.spawn(async move {
-                        serve.await;
+                        match tls {
+                            None => {
+                                let conn = Arc::new(ConnInfo { peer, tls: None });
+                                connection::serve(
+                                    stream,
+                                    conn,
+                                    shared.clone(),
+                                    tracker_c,
+                                    builder,
+                                    timers,
+                                    cancel_c,
+                                    accepted_ms,
+                                )
+                                .await;
+                            }
+                            Some(tls) => {
+                                if let Some((stream, info)) =
+                                    tls.handshake(stream, &shared.metrics, &cancel_c).await
+                                {
+                                    let conn = Arc::new(ConnInfo {
+                                        peer,
+                                        tls: Some(info),
+                                    });
+                                    connection::serve(
+                                        stream,
+                                        conn,
+                                        shared.clone(),
+                                        tracker_c,
+                                        builder,
+                                        timers,
+                                        cancel_c,
+                                        accepted_ms,
+                                    )
+                                    .await;
+                                }
+                            }
+                        }
                         shared.metrics.connection_closed();
                         drop(permit);
                     });
@@ -118,5 +172,74 @@ impl Worker {
             );
         }
         Ok(())
+    }
+}
+
+/// What a worker needs to run TLS handshakes.
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    certs: Arc<CertStore>,
+    handshake_timeout: Duration,
+}
+
+impl HttpsListener {
+    fn tls(&self) -> Tls {
+        Tls {
+            acceptor: self.acceptor.clone(),
+            certs: self.certs.clone(),
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+}
+
+/// Accepts on the HTTPS listener; never completes when there is none.
+async fn accept_https(
+    https: &Option<(TcpListener, Arc<Tls>)>,
+) -> std::io::Result<((tokio::net::TcpStream, std::net::SocketAddr), Arc<Tls>)> {
+    match https {
+        Some((listener, tls)) => listener.accept().await.map(|a| (a, tls.clone())),
+        None => std::future::pending().await,
+    }
+}
+
+impl Tls {
+    /// The handshake, under its timer; garbage, a stall or a refused client
+    /// certificate end the connection (counted) and affect no one else.
+    async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        metrics: &Metrics,
+        cancel: &CancellationToken,
+    ) -> Option<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        TlsInfo,
+    )> {
+        let accept = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream));
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            accepted = accept => match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    Metrics::inc(&metrics.tls_handshake_failures);
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    Metrics::inc(&metrics.tls_handshake_timeouts);
+                    return None;
+                }
+            },
+        };
+        Metrics::inc(&metrics.tls_handshakes);
+        let session = stream.get_ref().1;
+        let info = TlsInfo {
+            sni: session.server_name().map(str::to_owned),
+            client: session
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(ClientIdentity::of),
+            certs: self.certs.clone(),
+        };
+        Some((stream, info))
     }
 }

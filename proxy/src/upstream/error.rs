@@ -22,14 +22,6 @@ pub enum UpstreamError {
         /// The OS error, or a timeout.
         reason: ConnectFailure,
     },
-    /// The backend is at `max_connections_per_backend` and no idle
-    /// connection was free. Nothing was sent; this is not the backend's fault.
-    AtCapacity {
-        /// The backend.
-        addr: SocketAddr,
-        /// The cap.
-        limit: u32,
-    },
     /// A connection was made (or taken from the pool) but closed before the
     /// request was written. Nothing was sent.
     ClosedBeforeSend {
@@ -79,6 +71,8 @@ pub enum ConnectFailure {
     TimedOut(Duration),
     /// The HTTP/1.1 handshake on the new connection failed.
     Handshake(hyper::Error),
+    /// The TLS handshake failed (certificate not trusted, wrong name, …).
+    Tls(std::io::Error),
 }
 
 /// Whether a failed attempt may be tried again (elsewhere or on a fresh
@@ -98,9 +92,9 @@ impl UpstreamError {
     /// See [`RetrySafety`].
     pub fn retry_safety(&self) -> RetrySafety {
         match self {
-            UpstreamError::Connect { .. }
-            | UpstreamError::AtCapacity { .. }
-            | UpstreamError::ClosedBeforeSend { .. } => RetrySafety::NothingSent,
+            UpstreamError::Connect { .. } | UpstreamError::ClosedBeforeSend { .. } => {
+                RetrySafety::NothingSent
+            }
             UpstreamError::SentNoResponse { .. } => RetrySafety::IfReplayable,
             UpstreamError::InvalidResponse { .. } | UpstreamError::TimedOut { .. } => {
                 RetrySafety::Never
@@ -109,13 +103,22 @@ impl UpstreamError {
     }
 
     /// Whether this counts against the backend's passive health
-    /// (`max_fails`). A full backend or a pooled connection the backend
-    /// closed while idle does not.
+    /// (`max_fails`). A pooled connection the backend closed while idle does
+    /// not, nor does this host running out of descriptors or ports.
     pub fn counts_as_backend_failure(&self) -> bool {
         match self {
-            UpstreamError::AtCapacity { .. } => false,
             UpstreamError::SentNoResponse { reused, .. } => !reused,
             UpstreamError::ClosedBeforeSend { .. } => false,
+            // Out of descriptors or local ports: this host's trouble.
+            UpstreamError::Connect {
+                reason: ConnectFailure::Io(e),
+                ..
+            } => !matches!(
+                e.raw_os_error(),
+                Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+                    || code == rustix::io::Errno::NFILE.raw_os_error()
+                    || code == rustix::io::Errno::ADDRNOTAVAIL.raw_os_error()
+            ),
             _ => true,
         }
     }
@@ -130,11 +133,8 @@ impl fmt::Display for UpstreamError {
                     write!(f, "connect to {addr}: timed out after {after:?}")
                 }
                 ConnectFailure::Handshake(e) => write!(f, "handshake with {addr}: {e}"),
+                ConnectFailure::Tls(e) => write!(f, "TLS handshake with {addr}: {e}"),
             },
-            UpstreamError::AtCapacity { addr, limit } => write!(
-                f,
-                "{addr} is at max_connections_per_backend ({limit}) with no idle connection"
-            ),
             UpstreamError::ClosedBeforeSend { addr, source } => write!(
                 f,
                 "connection to {addr} closed before the request was sent: {source}"

@@ -14,9 +14,9 @@
 mod body;
 mod error;
 mod pool;
+mod tls;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -28,25 +28,26 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::http::body::RequestBody;
-use crate::stats::{BackendStats, Metrics};
+use crate::stats::Metrics;
 pub use body::UpstreamBody;
 pub use error::{ConnectFailure, RetrySafety, UpstreamError};
 use pool::{Returner, Sender, checkout};
 pub use pool::{drain, sweep_idle};
+pub use tls::TlsClient;
 
 /// How to reach one backend.
 #[derive(Debug, Clone, Copy)]
-pub struct Target {
+pub struct Target<'a> {
     /// The backend's address.
     pub addr: SocketAddr,
+    /// HTTPS: the pool's TLS client and the backend's id in it.
+    pub tls: Option<(&'a TlsClient, usize)>,
     /// Time to establish a connection.
     pub connect_timeout: Duration,
     /// Idle connections kept for this backend on this worker.
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
-    /// Most open connections to the backend (all workers); 0: no cap.
-    pub max_connections: u32,
 }
 
 /// A failed send: what happened, and the request when nothing of it was
@@ -76,8 +77,7 @@ pub enum Connection {
 
 /// Sends `request` to `target` on a pooled connection, or a new one.
 pub async fn send(
-    target: Target,
-    stats: &Arc<BackendStats>,
+    target: Target<'_>,
     mut request: Request<RequestBody>,
     which: Connection,
     tracker: &TaskTracker,
@@ -86,7 +86,7 @@ pub async fn send(
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
     let pooled = || match which {
-        Connection::PooledOrNew => checkout(target.addr),
+        Connection::PooledOrNew => checkout(target.pool_key()),
         Connection::New => None,
     };
     while let Some(mut sender) = pooled() {
@@ -101,7 +101,10 @@ pub async fn send(
             Ok(response) => {
                 return Ok(Exchange {
                     response,
-                    returner: Returner { sender, target },
+                    returner: Returner {
+                        sender,
+                        slot: target.slot(),
+                    },
                 });
             }
             Err(mut e) => match e.take_message() {
@@ -115,17 +118,8 @@ pub async fn send(
             },
         }
     }
-    let Some(open) = stats.open_connection(target.max_connections) else {
-        return Err(SendFailure {
-            error: UpstreamError::AtCapacity {
-                addr: target.addr,
-                limit: target.max_connections,
-            },
-            unsent: Some(Box::new(request)),
-        });
-    };
     Metrics::inc(&metrics.upstream_connects);
-    let mut sender = match connect(target, open, tracker).await {
+    let mut sender = match connect(target, tracker).await {
         Ok(sender) => sender,
         Err(reason) => {
             return Err(SendFailure {
@@ -140,7 +134,10 @@ pub async fn send(
     match sender.try_send_request(request).await {
         Ok(response) => Ok(Exchange {
             response,
-            returner: Returner { sender, target },
+            returner: Returner {
+                sender,
+                slot: target.slot(),
+            },
         }),
         Err(mut e) => match e.take_message() {
             Some(unsent) => Err(SendFailure {
@@ -171,30 +168,129 @@ fn after_send(addr: SocketAddr, reused: bool, source: hyper::Error) -> UpstreamE
     }
 }
 
-async fn connect(
-    target: Target,
-    open: crate::stats::OpenConnection,
-    tracker: &TaskTracker,
-) -> Result<Sender, ConnectFailure> {
-    let stream =
-        match tokio::time::timeout(target.connect_timeout, TcpStream::connect(target.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(ConnectFailure::Io(e)),
-            Err(_) => return Err(ConnectFailure::TimedOut(target.connect_timeout)),
-        };
-    let _ = stream.set_nodelay(true);
+impl Target<'_> {
+    /// What keeps this backend's idle connections apart from others': its
+    /// address, and for HTTPS the name it is verified under.
+    fn pool_key(&self) -> (SocketAddr, u64) {
+        (
+            self.addr,
+            self.tls.map_or(0, |(client, id)| client.name(id).1),
+        )
+    }
+
+    fn slot(&self) -> pool::Slot {
+        pool::Slot {
+            key: self.pool_key(),
+            max_idle: self.max_idle,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// Connects (TCP, then TLS for an HTTPS backend, both within
+/// `connect_timeout`) and starts an HTTP/1.1 connection.
+async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, ConnectFailure> {
+    let connecting = async {
+        let stream = TcpStream::connect(target.addr)
+            .await
+            .map_err(ConnectFailure::Io)?;
+        let _ = stream.set_nodelay(true);
+        match target.tls {
+            None => Ok(Stream::Plain(stream)),
+            Some((client, id)) => {
+                let (name, _) = client.name(id);
+                let stream = client
+                    .connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(ConnectFailure::Tls)?;
+                Ok(Stream::Tls(Box::new(stream)))
+            }
+        }
+    };
+    let stream = tokio::time::timeout(target.connect_timeout, connecting)
+        .await
+        .map_err(|_| ConnectFailure::TimedOut(target.connect_timeout))??;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectFailure::Handshake)?;
     // The connection task ends when its sender is dropped (pool eviction,
-    // shutdown) or the backend closes it; the connection counts as open
-    // until then.
+    // shutdown) or the backend closes it.
     tracker.spawn(async move {
-        let _open = open;
         if let Err(e) = connection.await {
             tracing::debug!("upstream connection ended: {e}");
         }
     });
     Ok(sender)
+}
+
+/// A backend connection: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use hyper::client::conn::http1;
 
-use super::Target;
 use crate::http::body::RequestBody;
 
 pub(super) type Sender = http1::SendRequest<RequestBody>;
@@ -22,19 +21,30 @@ struct IdleConn {
 }
 
 thread_local! {
-    /// This worker's idle connections, by backend address.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
+    /// This worker's idle connections, by backend address (and TLS name).
+    static IDLE: RefCell<HashMap<Key, Vec<IdleConn>>> = RefCell::new(HashMap::new());
     /// Set when this worker shuts down: nothing is pooled any more.
     static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A backend's address, and 0 for plain HTTP or its TLS name's hash.
+pub(super) type Key = (SocketAddr, u64);
+
+/// Where a connection returns to, and how long it may idle there.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    pub(super) key: Key,
+    pub(super) max_idle: usize,
+    pub(super) idle_timeout: std::time::Duration,
 }
 
 /// What returns a connection to the pool once its response is read.
 pub(super) struct Returner {
     pub(super) sender: Sender,
-    pub(super) target: Target,
+    pub(super) slot: Slot,
 }
 
-pub(super) fn checkout(addr: SocketAddr) -> Option<Sender> {
+pub(super) fn checkout(addr: Key) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let conns = idle.get_mut(&addr)?;
@@ -49,13 +59,16 @@ pub(super) fn checkout(addr: SocketAddr) -> Option<Sender> {
 }
 
 pub(super) fn give_back(returner: Returner) {
-    let Returner { sender, target } = returner;
+    let Returner {
+        sender,
+        slot: target,
+    } = returner;
     if sender.is_closed() || target.max_idle == 0 || DRAINING.with(Cell::get) {
         return;
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let conns = idle.entry(target.addr).or_default();
+        let conns = idle.entry(target.key).or_default();
         if conns.len() < target.max_idle {
             conns.push(IdleConn {
                 sender,
