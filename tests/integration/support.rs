@@ -241,6 +241,8 @@ pub fn empty() -> TestBody {
 /// A proxy started in-process from TOML text, stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when the configuration has `[tls]`.
+    pub https: Option<SocketAddr>,
     pub metrics: Arc<veer::Metrics>,
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<Result<(), veer::Error>>>,
@@ -259,10 +261,11 @@ impl Proxy {
             veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
         let server = veer::Server::bind(config)?;
         let cancel = CancellationToken::new();
-        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let (addr, metrics, https) = (server.local_addr(), server.metrics(), server.https_addr());
         let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
         Ok(Proxy {
             addr,
+            https,
             metrics,
             cancel,
             running: Some(running),
@@ -288,11 +291,12 @@ impl Proxy {
         let server = veer::Server::bind(config).expect("proxy starts");
         let handle = server.handle();
         let cancel = CancellationToken::new();
-        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let (addr, metrics, https) = (server.local_addr(), server.metrics(), server.https_addr());
         let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
         (
             Proxy {
                 addr,
+                https,
                 metrics,
                 cancel,
                 running: Some(running),
