@@ -56,4 +56,6 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The port of the HTTPS listener, for redirects to it.
     pub https_port: Option<u16>,
+    /// ACME HTTP-01 answers, when certificates are automatic.
+    pub acme: Option<Arc<crate::listen::tls::Challenges>>,
 }

@@ -237,6 +237,13 @@ metrics! {
     tls_certificate_reloads,
     /// Certificate reloads refused (the old certificates kept serving).
     tls_certificate_reload_refusals,
+    /// Certificates issued by ACME.
+    acme_certificates,
+    /// ACME orders that failed (retried with backoff).
+    acme_failures,
+    /// ACME challenges answered (HTTP-01 tokens served, TLS-ALPN-01
+    /// handshakes): the CA's validator really reached Veer.
+    acme_challenge_answers,
     /// Plugin calls that trapped.
     plugin_traps,
     /// Plugin calls that ran past their deadline.

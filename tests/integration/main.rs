@@ -1,6 +1,7 @@
 //! Integration tests: real backends and a real proxy on 127.0.0.1:0, real
 //! HTTP/1.1 and HTTP/2 clients. One binary, one module per area.
 
+mod acme;
 mod balancing;
 mod config;
 mod forwarding;

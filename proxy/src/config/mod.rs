@@ -38,7 +38,9 @@ pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{BackendConfig, BackendSection, PoolConfig, PoolSection, UpstreamTls};
 pub use routes::{Route, RouteSection};
 pub use server::{ForwardPath, ServerSection, ServerSettings};
-pub use tls::{CertificateSection, ClientAuth, TlsSection, TlsSettings};
+pub use tls::{
+    AcmeSection, AcmeSettings, CertificateSection, Challenge, ClientAuth, TlsSection, TlsSettings,
+};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]

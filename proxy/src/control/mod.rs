@@ -3,5 +3,6 @@
 //! [`reload`] watches the plugin folder and the configuration file and swaps
 //! new state in. Nothing here is on the request path.
 
+pub mod acme;
 pub mod registry;
 pub mod reload;

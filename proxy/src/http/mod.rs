@@ -96,6 +96,17 @@ pub async fn handle(
         Err(bad) => return refuse(StatusCode::BAD_REQUEST, bad.0),
     };
     let host = authority.as_ref().map_or("", |a| a.host());
+    // ACME HTTP-01: answered before routes and redirects (RFC 8555 §8.3).
+    if let Some(challenges) = &ctx.acme
+        && let Some(token) = parts
+            .uri
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")
+        && let Some(answer) = challenges.http_answer(token)
+    {
+        Metrics::inc(&ctx.metrics.acme_challenge_answers);
+        return message(StatusCode::OK, answer);
+    }
     if let (Some(code), false, Some(port)) = (server.redirect_to_https, tls, ctx.https_port) {
         return redirect_to_https(code, host, port, &parts.uri);
     }

@@ -81,8 +81,16 @@ impl Server {
         let https = match &config.tls {
             None => None,
             Some(settings) => {
+                let acme = match &settings.acme {
+                    None => None,
+                    Some(acme) => {
+                        crate::control::acme::prepare_state_dir(&acme.state_dir)
+                            .map_err(|reason| ConfigError::at("tls.acme.state_dir", reason))?;
+                        Some((acme.cert_file(), acme.key_file(), acme.domains.clone()))
+                    }
+                };
                 let certs = Arc::new(
-                    tls::CertStore::load(&settings.certificates)
+                    tls::CertStore::load(&settings.certificates, acme)
                         .map_err(|reason| ConfigError::at("tls.certificates", reason))?,
                 );
                 let server_config = tls::server_config(settings, certs.clone())
@@ -112,6 +120,10 @@ impl Server {
             state: arc_swap::ArcSwap::from_pointee(state),
             metrics,
             https_port: https.as_ref().map(|h| h.local_addr.port()),
+            acme: https
+                .as_ref()
+                .filter(|_| config.tls.as_ref().is_some_and(|t| t.acme.is_some()))
+                .map(|h| h.certs.challenges.clone()),
         });
         let commands = tokio::sync::mpsc::unbounded_channel();
         // Watch from now on: a change made before `run` is queued, not lost.
@@ -208,6 +220,19 @@ impl Server {
         drop(self.listener);
         let certs = self.https.as_ref().map(|h| h.certs.clone());
         drop(self.https);
+        // Automatic certificates: one task, stopped with the rest.
+        let acme = match (
+            self.config.tls.as_ref().and_then(|t| t.acme.clone()),
+            &certs,
+        ) {
+            (Some(settings), Some(certs)) => Some(tokio::spawn(crate::control::acme::run(
+                settings,
+                certs.clone(),
+                self.shared.metrics.clone(),
+                cancel.clone(),
+            ))),
+            _ => None,
+        };
         tracing::info!(
             addr = %self.local_addr,
             workers = server.workers,
@@ -234,6 +259,9 @@ impl Server {
         );
         cancel.cancel();
         let _ = control.await;
+        if let Some(acme) = acme {
+            let _ = acme.await;
+        }
         for rx in finished {
             let _ = rx.await;
         }

@@ -21,7 +21,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuth, TlsSettings};
+use crate::config::{Challenge, ClientAuth, TlsSettings};
 
 /// Sessions the server-side resumption cache keeps (TLS 1.2 session ids and
 /// TLS 1.3 stateful resumption; tickets need no server state).
@@ -57,10 +57,40 @@ impl Certs {
     }
 }
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Answers to ACME challenges in progress, served by the listeners.
+#[derive(Default)]
+pub struct Challenges {
+    /// HTTP-01: token → key authorization.
+    pub http: std::sync::Mutex<HashMap<String, String>>,
+    /// TLS-ALPN-01: domain → the challenge certificate.
+    pub alpn: std::sync::Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Challenges")
+    }
+}
+
+impl Challenges {
+    /// The key authorization for an HTTP-01 token, if one is pending.
+    pub fn http_answer(&self, token: &str) -> Option<String> {
+        self.http.lock().ok()?.get(token).cloned()
+    }
+}
+
 /// The certificates of the HTTPS listener, replaceable while serving.
 pub struct CertStore {
     current: ArcSwap<Certs>,
     files: Vec<(PathBuf, PathBuf)>,
+    /// The ACME-managed certificate: its files, and the names to cover with a
+    /// temporary self-signed one until the first is issued.
+    acme: Option<(PathBuf, PathBuf, Vec<String>)>,
+    /// ACME challenges being answered.
+    pub challenges: Arc<Challenges>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -70,18 +100,26 @@ impl std::fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// Loads every (chain, key) pair; an error names the file and the reason.
-    pub fn load(files: &[(PathBuf, PathBuf)]) -> Result<CertStore, String> {
+    /// Loads every (chain, key) pair, and the ACME-managed certificate if
+    /// `acme` is set (a temporary self-signed one until it is issued); an
+    /// error names the file and the reason.
+    pub fn load(
+        files: &[(PathBuf, PathBuf)],
+        acme: Option<(PathBuf, PathBuf, Vec<String>)>,
+    ) -> Result<CertStore, String> {
         Ok(CertStore {
-            current: ArcSwap::from_pointee(load_all(files)?),
+            current: ArcSwap::from_pointee(load_all(files, acme.as_ref())?),
             files: files.to_vec(),
+            acme,
+            challenges: Arc::default(),
         })
     }
 
     /// Reads the files again and swaps the result in; on error the old
     /// certificates stay and the error is returned.
     pub fn reload(&self) -> Result<(), String> {
-        self.current.store(Arc::new(load_all(&self.files)?));
+        self.current
+            .store(Arc::new(load_all(&self.files, self.acme.as_ref())?));
         Ok(())
     }
 
@@ -109,36 +147,44 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme_challenge = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme_challenge {
+            // Only the challenge certificate, and only for a pending name.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.alpn.lock().ok()?.get(&name).cloned();
+        }
         let certs = self.current.load();
         let index = hello.server_name().map_or(0, |name| certs.index_for(name));
         Some(certs.entries[index].key.clone())
     }
 }
 
-fn load_all(files: &[(PathBuf, PathBuf)]) -> Result<Certs, String> {
+fn load_all(
+    files: &[(PathBuf, PathBuf)],
+    acme: Option<&(PathBuf, PathBuf, Vec<String>)>,
+) -> Result<Certs, String> {
     let provider = rustls::crypto::ring::default_provider();
     let mut certs = Certs {
-        entries: Vec::with_capacity(files.len()),
+        entries: Vec::with_capacity(files.len() + 1),
         exact: HashMap::new(),
         wildcard: HashMap::new(),
     };
-    for (i, (chain_path, key_path)) in files.iter().enumerate() {
-        let chain = load_chain(chain_path)?;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-            format!(
-                "{}: no usable private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC): {e}",
-                key_path.display()
-            )
-        })?;
-        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-            format!(
-                "{} and {} do not make a usable certificate: {e}",
-                chain_path.display(),
-                key_path.display()
-            )
-        })?;
+    let mut keys = Vec::with_capacity(files.len() + 1);
+    for (chain_path, key_path) in files {
+        keys.push(load_pair(chain_path, key_path, &provider)?);
+    }
+    if let Some((chain_path, key_path, domains)) = acme {
+        keys.push(if chain_path.exists() {
+            load_pair(chain_path, key_path, &provider)?
+        } else {
+            placeholder(domains, &provider)?
+        });
+    }
+    for (i, key) in keys.into_iter().enumerate() {
         let end_entity = webpki::EndEntityCert::try_from(&key.cert[0])
-            .map_err(|e| format!("{}: not a usable certificate: {e}", chain_path.display()))?;
+            .map_err(|e| format!("certificate {i} is not usable: {e}"))?;
         let names: Vec<String> = end_entity
             .valid_dns_names()
             .map(|n| n.to_ascii_lowercase())
@@ -155,6 +201,42 @@ fn load_all(files: &[(PathBuf, PathBuf)]) -> Result<Certs, String> {
         });
     }
     Ok(certs)
+}
+
+/// A chain and its key from PEM files.
+fn load_pair(
+    chain_path: &Path,
+    key_path: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain = load_chain(chain_path)?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        format!(
+            "{}: no usable private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC): {e}",
+            key_path.display()
+        )
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            chain_path.display(),
+            key_path.display()
+        )
+    })
+}
+
+/// A self-signed certificate for `domains`, served until ACME issues the real
+/// one (so the listener works, and TLS-ALPN-01 can reach it).
+fn placeholder(
+    domains: &[String],
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let generated = rcgen::generate_simple_self_signed(domains.to_vec())
+        .map_err(|e| format!("could not make a temporary certificate: {e}"))?;
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .map_err(|e| format!("temporary certificate key: {e}"))?;
+    CertifiedKey::from_der(vec![generated.cert.der().clone()], key, provider)
+        .map_err(|e| format!("temporary certificate: {e}"))
 }
 
 /// A PEM chain, leaf first.
@@ -206,6 +288,13 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if settings
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
+    {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS ticketer: {e}"))?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);

@@ -232,6 +232,11 @@ impl Tls {
         };
         Metrics::inc(&metrics.tls_handshakes);
         let session = stream.get_ref().1;
+        if session.alpn_protocol() == Some(super::tls::ACME_TLS_ALPN) {
+            // A CA checking a TLS-ALPN-01 challenge: the handshake was all.
+            Metrics::inc(&metrics.acme_challenge_answers);
+            return None;
+        }
         let info = TlsInfo {
             sni: session.server_name().map(str::to_owned),
             client: session
