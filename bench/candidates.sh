@@ -8,10 +8,16 @@
 # call, as it would in production.
 VEER_BIN=${VEER_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/veer}
 
-cand_veer() {
+# The backends as a TOML array body: "a", "b", "c".
+_veer_backends() {
   [[ -x $VEER_BIN ]] || { echo "missing $VEER_BIN: run cargo build --release" >&2; exit 1; }
   local b list=""
   for b in $BACKENDS; do list+="\"$b\", "; done
+  echo "${list%, }"
+}
+
+cand_veer() {
+  local list; list=$(_veer_backends) || exit 1
   cat > "$RUNDIR/veer.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
@@ -19,7 +25,31 @@ workers = $WORKERS
 
 [pools.bench]
 strategy = "round-robin"
-backends = [${list%, }]
+backends = [$list]
+max_idle_per_backend = 128
+TOML
+  RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
+}
+
+# Veer terminating TLS (HTTPS listener on $PORT; the plain listener on a free
+# port nobody uses). Loaded over https:// by the harness (name ends in -tls).
+cand_veer_tls() {
+  local list; list=$(_veer_backends) || exit 1
+  cat > "$RUNDIR/veer.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+workers = $WORKERS
+
+[plugins]
+dir = ""
+
+[tls]
+listen = "127.0.0.1:$PORT"
+certificates = [{ cert = "$TLS_CERT", key = "$TLS_KEY" }]
+
+[pools.bench]
+strategy = "round-robin"
+backends = [$list]
 max_idle_per_backend = 128
 TOML
   RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"

@@ -42,6 +42,7 @@ mod error;
 mod http;
 mod listen;
 mod plugin;
+mod stall;
 mod state;
 mod stats;
 mod upstream;
@@ -98,7 +99,8 @@ pub(crate) async fn until_second_signal(
 /// What `veer check` reports about a valid configuration.
 #[derive(Debug)]
 pub struct CheckReport {
-    /// One line per pool: name, strategy (plugin name and version), backends.
+    /// One line for the HTTPS listener (its certificates' names), then one
+    /// per pool: name, strategy (plugin name and version), backends.
     pub pools: Vec<String>,
 }
 
@@ -108,6 +110,26 @@ pub fn check(config: &Config) -> Result<CheckReport, Error> {
     let runtime = plugin::Runtime::new(config.plugins.cache_dir.clone())?;
     let mut registry = control::registry::Registry::new(runtime, &config.plugins)?;
     let state = registry.build_state(config, &std::sync::Arc::new(Metrics::default()), None)?;
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(tls) = &config.tls {
+        // The certificates load and make a TLS configuration (the ACME one,
+        // if not issued yet, is a temporary self-signed stand-in).
+        let acme = tls
+            .acme
+            .as_ref()
+            .map(|a| (a.cert_file(), a.key_file(), a.domains.clone()));
+        let certs = std::sync::Arc::new(
+            listen::tls::CertStore::load(&tls.certificates, acme)
+                .map_err(|reason| ConfigError::at("tls.certificates", reason))?,
+        );
+        listen::tls::server_config(tls, certs.clone())
+            .map_err(|reason| ConfigError::at("tls", reason))?;
+        lines.push(format!(
+            "https {}: certificates for {}",
+            tls.listen,
+            certs.names().join(", ")
+        ));
+    }
     let pools = state
         .pools
         .iter()
@@ -123,8 +145,9 @@ pub fn check(config: &Config) -> Result<CheckReport, Error> {
                 p.config.backends.len()
             )
         })
-        .collect();
-    Ok(CheckReport { pools })
+        .collect::<Vec<String>>();
+    lines.extend(pools);
+    Ok(CheckReport { pools: lines })
 }
 
 /// What `veer plugin check` reports about a plugin file.

@@ -298,12 +298,7 @@ async fn forwarding_headers_from_a_trusted_proxy_are_extended_not_replaced() {
         ("x-forwarded-proto", "https"),
     ];
     // Trusted: the test client connects from 127.0.0.1.
-    let trusted = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "trusted_proxies = [\"127.0.0.0/8\"]"),
-        addresses(&[&a])
-    ))
-    .await;
+    let trusted = web_pool(1, "trusted_proxies = [\"127.0.0.0/8\"]", &[&a], "").await;
     let body = Client::h1(trusted.addr)
         .await
         .get_with("/headers", &sent)
@@ -317,12 +312,7 @@ async fn forwarding_headers_from_a_trusted_proxy_are_extended_not_replaced() {
     assert!(body.contains("forwarded: for=203.0.113.7\n"), "{body}");
     assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
 
-    let untrusted = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "trusted_proxies = [\"10.0.0.0/8\"]"),
-        addresses(&[&a])
-    ))
-    .await;
+    let untrusted = web_pool(1, "trusted_proxies = [\"10.0.0.0/8\"]", &[&a], "").await;
     let body = Client::h1(untrusted.addr)
         .await
         .get_with("/headers", &sent)

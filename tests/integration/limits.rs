@@ -69,12 +69,7 @@ async fn a_flood_of_silent_connections_does_not_lock_clients_out_with_two_worker
 #[tokio::test]
 async fn an_idle_http1_connection_is_closed_after_the_keepalive_timeout() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "keepalive_timeout_ms = 300"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "keepalive_timeout_ms = 300", &[&a], "").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
@@ -95,12 +90,7 @@ async fn an_idle_http1_connection_is_closed_after_the_keepalive_timeout() {
 #[tokio::test]
 async fn an_idle_http2_connection_gets_goaway_after_the_keepalive_timeout() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "keepalive_timeout_ms = 300"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "keepalive_timeout_ms = 300", &[&a], "").await;
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy.addr).await.unwrap());
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -122,12 +112,7 @@ async fn an_idle_http2_connection_gets_goaway_after_the_keepalive_timeout() {
 #[tokio::test]
 async fn a_request_head_that_never_ends_is_cut_off() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "header_read_timeout_ms = 300"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "header_read_timeout_ms = 300", &[&a], "").await;
     // First request fine, then a second head that stops half-way.
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
@@ -155,12 +140,7 @@ async fn a_request_head_that_never_ends_is_cut_off() {
 #[tokio::test]
 async fn too_many_or_too_large_headers_get_431_over_http1_and_http2() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "max_headers = 20\nmax_header_bytes = 4096"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "max_headers = 20\nmax_header_bytes = 4096", &[&a], "").await;
     let many: String = (0..30).map(|i| format!("x-h{i}: {i}\r\n")).collect();
     let (status, _) = raw_status(
         proxy.addr,
@@ -207,12 +187,7 @@ async fn too_many_or_too_large_headers_get_431_over_http1_and_http2() {
 #[tokio::test]
 async fn a_body_over_max_body_bytes_gets_413_declared_or_streamed() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "max_body_bytes = 1000"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "max_body_bytes = 1000", &[&a], "").await;
     let (status, _) = raw_status(
         proxy.addr,
         b"POST /count HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5000\r\n\r\n",
@@ -239,12 +214,7 @@ async fn a_body_over_max_body_bytes_gets_413_declared_or_streamed() {
 #[tokio::test]
 async fn a_stalled_upload_gets_408_and_does_not_count_against_the_backend() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\nmax_fails = 1\n",
-        server(1, "client_body_timeout_ms = 300"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "client_body_timeout_ms = 300", &[&a], "max_fails = 1\n").await;
     let started = Instant::now();
     let (status, text) = raw_status(
         proxy.addr,
@@ -387,12 +357,7 @@ async fn connections_per_backend_are_capped_and_a_full_pool_gets_503() {
 #[tokio::test]
 async fn a_client_that_stops_reading_its_response_is_cut_off_and_frees_the_backend() {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(1, "client_send_timeout_ms = 500"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(1, "client_send_timeout_ms = 500", &[&a], "").await;
     // Ask for 256 MiB and read none of it.
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream

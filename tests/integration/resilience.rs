@@ -123,13 +123,13 @@ async fn no_get_is_lost_when_a_backend_is_killed_under_load_with_two_workers() {
     no_get_is_lost_when_a_backend_is_killed_under_load(2).await;
 }
 
-/// A backend that reads one request and closes without answering.
-async fn mute_backend() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A raw backend on `listener`: for each connection, reads what arrives
+/// first, counts it, waits `delay`, then writes `answer` (if any) and closes.
+fn raw_backend(
+    listener: tokio::net::TcpListener,
+    delay: Duration,
+    answer: Option<&'static [u8]>,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = seen.clone();
     tokio::spawn(async move {
@@ -139,11 +139,25 @@ async fn mute_backend() -> (
                 let mut buf = [0u8; 4096];
                 if stream.read(&mut buf).await.unwrap_or(0) > 0 {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    if let Some(answer) = answer {
+                        let _ = stream.write_all(answer).await;
+                    }
                 }
             });
         }
     });
-    (addr, seen)
+    seen
+}
+
+/// A backend that reads one request and closes without answering.
+async fn mute_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (addr, raw_backend(listener, Duration::ZERO, None))
 }
 
 #[tokio::test]
@@ -212,27 +226,11 @@ async fn exactly_one_request_probes_a_down_backend(workers: usize) {
         "marked down after one failure"
     );
     // It comes back, slowly: whoever probes it waits 500 ms.
-    let slow = {
-        let listener = tokio::net::TcpListener::bind(down).await.unwrap();
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    if stream.read(&mut buf).await.unwrap_or(0) > 0 {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-backend: slow\r\n\r\nslow")
-                            .await;
-                    }
-                });
-            }
-        });
-        hits
-    };
+    let slow = raw_backend(
+        tokio::net::TcpListener::bind(down).await.unwrap(),
+        Duration::from_millis(500),
+        Some(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-backend: slow\r\n\r\nslow"),
+    );
     tokio::time::sleep(Duration::from_millis(450)).await;
     // 40 clients with one request each, all sent while the probe is out.
     let answers = load(proxy.addr, 40, 1, "/", &[]).await;

@@ -15,14 +15,22 @@ async fn refused(addr: std::net::SocketAddr) -> bool {
     )
 }
 
+/// How long after now new connections to `addr` start being refused
+/// (polled for up to 500 ms).
+async fn refused_soon(addr: std::net::SocketAddr) -> Duration {
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_millis(500) {
+        if refused(addr).await {
+            return asked.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("new connections are still accepted 500 ms after shutdown began");
+}
+
 async fn in_flight_requests_finish_and_new_connections_are_refused(workers: usize) {
     let a = Backend::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [{}]\n",
-        server(workers, "shutdown_grace_ms = 10000"),
-        addresses(&[&a])
-    ))
-    .await;
+    let proxy = web_pool(workers, "shutdown_grace_ms = 10000", &[&a], "").await;
     let addr = proxy.addr;
     // An idle keep-alive client, and one with a request in flight.
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -38,17 +46,8 @@ async fn in_flight_requests_finish_and_new_connections_are_refused(workers: usiz
     let in_flight = tokio::spawn(async move { Client::h1(addr).await.get("/slow?ms=800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let asked = Instant::now();
     proxy.begin_stop();
-    let mut refused_after = None;
-    while asked.elapsed() < Duration::from_millis(500) {
-        if refused(addr).await {
-            refused_after = Some(asked.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let refused_after = refused_after.expect("new connections are refused");
+    let refused_after = refused_soon(addr).await;
     assert!(
         refused_after < Duration::from_millis(100),
         "{refused_after:?}"
@@ -136,16 +135,7 @@ async fn sigterm_refuses_new_connections_at_once_and_exits_when_the_last_request
     let in_flight = tokio::spawn(async move { Client::h1(addr).await.get("/slow?ms=800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&veer, rustix::process::Signal::TERM);
-    let signalled = Instant::now();
-    let mut refused_after = None;
-    while signalled.elapsed() < Duration::from_millis(500) {
-        if refused(addr).await {
-            refused_after = Some(signalled.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let refused_after = refused_after.expect("new connections are refused");
+    let refused_after = refused_soon(addr).await;
     assert!(
         refused_after < Duration::from_millis(100),
         "{refused_after:?}"

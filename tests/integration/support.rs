@@ -725,6 +725,22 @@ fn backend_process() {
     });
 }
 
+/// A proxy with one pool, `web`, over `backends`: `workers` workers, extra
+/// `[server]` settings and extra pool settings.
+pub async fn web_pool(
+    workers: usize,
+    server_extra: &str,
+    backends: &[&Backend],
+    pool_extra: &str,
+) -> Proxy {
+    Proxy::start(&format!(
+        "{}[pools.web]\nbackends = [{}]\n{pool_extra}\n",
+        server(workers, server_extra),
+        addresses(backends)
+    ))
+    .await
+}
+
 /// `[server]` for tests with `workers` workers and extra settings.
 pub fn server(workers: usize, extra: &str) -> String {
     format!("[server]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n{extra}\n")

@@ -8,7 +8,6 @@
 //! bad chunk size: 400; larger than `max_body_bytes`: 413), so that a
 //! client's fault is never counted against a backend.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -21,8 +20,8 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
 
+use crate::stall::StallTimer;
 use crate::stats::now_ms;
 use crate::upstream::UpstreamBody;
 
@@ -144,10 +143,8 @@ pub enum RequestBody {
 pub struct Streaming {
     inner: Incoming,
     progress: Arc<Progress>,
-    /// Longest pause allowed between two frames from the client.
-    idle: Duration,
-    deadline: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Fires after `client_body_timeout_ms` without a frame from the client.
+    stall: StallTimer,
     /// Data bytes so far, and the most allowed.
     seen: u64,
     limit: Option<u64>,
@@ -169,9 +166,7 @@ impl RequestBody {
         let body = Streaming {
             inner,
             progress: progress.clone(),
-            idle,
-            deadline: Instant::now() + idle,
-            timer: None,
+            stall: StallTimer::new(idle),
             seen: 0,
             limit,
         };
@@ -204,7 +199,7 @@ impl Body for RequestBody {
                     progress.changed.notify_waiters();
                 }
                 progress.last_frame_ms.store(now_ms(), Relaxed);
-                body.deadline = Instant::now() + body.idle;
+                body.stall.progressed();
                 if body.inner.is_end_stream() {
                     // A body of known length may never be polled to its end.
                     progress.done.store(true, Relaxed);
@@ -222,14 +217,7 @@ impl Body for RequestBody {
             }
             Poll::Pending => {
                 progress.waiting_on_client.store(true, Relaxed);
-                let deadline = body.deadline;
-                let timer = body
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if body.stall.poll_stalled(cx) {
                     return Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::Stalled))));
                 }
                 Poll::Pending

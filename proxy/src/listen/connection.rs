@@ -180,19 +180,30 @@ impl Activity {
 /// Serves one accepted connection until it ends, a timer closes it, or
 /// shutdown (then it is asked to finish and given until the worker's grace
 /// period ends).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn serve<S>(
-    stream: S,
-    conn: Arc<ConnInfo>,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    timers: Timers,
-    cancel: CancellationToken,
-    accepted_ms: u64,
-) where
+/// What serving a connection needs besides the stream.
+pub(super) struct ConnContext {
+    pub shared: Arc<Shared>,
+    /// The worker's tasks (backend connections are spawned into it).
+    pub tracker: TaskTracker,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub timers: Timers,
+    pub cancel: CancellationToken,
+    /// `now_ms()` at accept (before any TLS handshake).
+    pub accepted_ms: u64,
+}
+
+pub(super) async fn serve<S>(stream: S, conn: Arc<ConnInfo>, context: ConnContext)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnContext {
+        shared,
+        tracker,
+        builder,
+        timers,
+        cancel,
+        accepted_ms,
+    } = context;
     let peer = conn.peer;
     let metrics = shared.metrics.clone();
     let activity = Arc::new(Activity::default());

@@ -99,47 +99,31 @@ impl Worker {
                     // An IPv4 client on a dual-stack socket arrives as
                     // ::ffff:a.b.c.d; it is a.b.c.d to everyone else.
                     let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                    let accepted_ms = now_ms();
-                    let timers = Timers::of(&self.shared.state.load().server);
                     let shared = self.shared.clone();
                     shared.metrics.connection_opened();
-                    let (tracker_c, builder, cancel_c) =
-                        (tracker.clone(), self.builder.clone(), cancel.clone());
+                    let context = connection::ConnContext {
+                        shared: shared.clone(),
+                        tracker: tracker.clone(),
+                        builder: self.builder.clone(),
+                        timers: Timers::of(&self.shared.state.load().server),
+                        cancel: cancel.clone(),
+                        accepted_ms: now_ms(),
+                    };
                     tracker.spawn(async move {
                         match tls {
                             None => {
                                 let conn = Arc::new(ConnInfo { peer, tls: None });
-                                connection::serve(
-                                    stream,
-                                    conn,
-                                    shared.clone(),
-                                    tracker_c,
-                                    builder,
-                                    timers,
-                                    cancel_c,
-                                    accepted_ms,
-                                )
-                                .await;
+                                connection::serve(stream, conn, context).await;
                             }
                             Some(tls) => {
-                                if let Some((stream, info)) =
-                                    tls.handshake(stream, &shared.metrics, &cancel_c).await
-                                {
+                                let handshake =
+                                    tls.handshake(stream, &shared.metrics, &context.cancel);
+                                if let Some((stream, info)) = handshake.await {
                                     let conn = Arc::new(ConnInfo {
                                         peer,
                                         tls: Some(info),
                                     });
-                                    connection::serve(
-                                        stream,
-                                        conn,
-                                        shared.clone(),
-                                        tracker_c,
-                                        builder,
-                                        timers,
-                                        cancel_c,
-                                        accepted_ms,
-                                    )
-                                    .await;
+                                    connection::serve(stream, conn, context).await;
                                 }
                             }
                         }

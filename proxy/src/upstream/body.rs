@@ -4,7 +4,6 @@
 //! for `read_timeout_ms` (the client's stream is then closed: its status line
 //! went out already, so nothing better can be said).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,10 +13,10 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::Exchange;
 use super::pool::{Returner, give_back};
+use crate::stall::StallTimer;
 use crate::stats::{InFlight, Metrics};
 
 /// Why a response body ended early.
@@ -47,11 +46,8 @@ pub struct UpstreamBody {
     inner: Incoming,
     returner: Option<Returner>,
     done: bool,
-    read_timeout: Duration,
-    /// When the body counts as stalled unless a frame arrives first.
-    deadline: Instant,
-    /// Armed only while the backend keeps us waiting (most bodies never are).
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Fires after `read_timeout_ms` without a frame from the backend.
+    stall: StallTimer,
     metrics: Arc<Metrics>,
     _in_flight: InFlight,
 }
@@ -69,9 +65,7 @@ impl UpstreamBody {
             inner,
             returner: Some(returner),
             done: false,
-            read_timeout,
-            deadline: Instant::now() + read_timeout,
-            timer: None,
+            stall: StallTimer::new(read_timeout),
             metrics,
             _in_flight: in_flight,
         })
@@ -103,7 +97,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.deadline = Instant::now() + this.read_timeout;
+                this.stall.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -112,17 +106,10 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(ResponseBodyError::Broken(e))))
             }
             Poll::Pending => {
-                let deadline = this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.stall.poll_stalled(cx) {
                     Metrics::inc(&this.metrics.upstream_body_timeouts);
                     this.returner = None;
-                    return Poll::Ready(Some(Err(ResponseBodyError::Stalled(this.read_timeout))));
+                    return Poll::Ready(Some(Err(ResponseBodyError::Stalled(this.stall.limit()))));
                 }
                 Poll::Pending
             }
