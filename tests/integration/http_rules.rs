@@ -156,3 +156,25 @@ async fn an_http10_request_without_host_reaches_the_backend_with_the_pool_name_a
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("host: web\n"), "{text}");
 }
+
+#[tokio::test]
+async fn an_absolute_uri_is_forwarded_in_origin_form_with_its_query() {
+    let (_web, _api, _admin, proxy) = two_pools().await;
+    let (_, text) = raw_status(
+        proxy.addr,
+        b"GET http://localhost/headers?x=1 HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.contains("path: /headers?x=1\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_host_with_a_trailing_dot_is_routed_like_the_name_without() {
+    let (_web, _api, _admin, proxy) = two_pools().await;
+    let (status, by) = served_by(
+        &proxy,
+        "GET / HTTP/1.1\r\nhost: Admin.Example.\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, by.as_str()), (200, "admin"));
+}

@@ -510,3 +510,49 @@ async fn upstream_tls_verifies_the_backend_and_an_untrusted_one_gets_502() {
     assert_eq!(answer.status, 502, "{}", answer.body);
     assert!(answer.body.contains("TLS handshake"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn on_shutdown_the_https_listener_refuses_new_connections_at_once() {
+    let a = Backend::start("a").await;
+    let pki = Pki::new("tls-shutdown");
+    let proxy = https_proxy(&a, &cert_entry(&pki.server("a", &["a.test"])), "", "").await;
+    let https = proxy.https.unwrap();
+    proxy.begin_stop();
+    let asked = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(https).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {}
+        }
+        assert!(
+            asked.elapsed() < Duration::from_millis(100),
+            "the HTTPS port still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.stopped().await;
+}
+
+#[tokio::test]
+async fn other_files_written_beside_the_certificates_do_not_reload_them() {
+    let a = Backend::start("a").await;
+    let pki = Pki::new("cert-folder");
+    let files = pki.server("a", &["a.test"]);
+    let proxy = https_proxy(&a, &cert_entry(&files), "", "").await;
+    for i in 0..10 {
+        std::fs::write(pki.dir.join("veer.log"), format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.metrics.snapshot().tls_certificate_reloads, 0);
+    let (cert, key) = pki.server_pem(&["a.test"]);
+    std::fs::write(&files.1, key).unwrap();
+    std::fs::write(&files.0, &cert).unwrap();
+    until_presented(
+        pki.client_config(),
+        proxy.https.unwrap(),
+        "a.test",
+        &der_of(&cert),
+    )
+    .await;
+}

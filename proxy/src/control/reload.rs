@@ -277,13 +277,26 @@ pub(crate) fn watch(
         .flat_map(|t| t.certificates.iter())
         .flat_map(|(c, k)| [c, k])
         .filter_map(|p| {
-            p.parent()
-                .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()))
+            let dir = p.parent()?;
+            // A bare file name lives in the working folder.
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
         })
         .collect();
     cert_dirs.sort();
     cert_dirs.dedup();
     let cert_dirs_for_events = cert_dirs.clone();
+    let cert_names_for_events: Vec<std::ffi::OsString> = config
+        .tls
+        .iter()
+        .flat_map(|t| t.certificates.iter())
+        .flat_map(|(c, k)| [c, k])
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
     let dir_for_events = dir.clone();
     let config_for_events = config_file.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -301,9 +314,17 @@ pub(crate) fn watch(
             if (in_folder && is_plugin_file(&path)) || is_config {
                 let _ = tx.send(Command::Changed(path.clone()));
             }
-            if path
-                .parent()
-                .is_some_and(|p| cert_dirs_for_events.iter().any(|d| same_file(p, d)))
+            // Only the certificate and key files themselves, or the hidden
+            // `..data`-style names of a Kubernetes volume swap: other files in
+            // the folder (a log, say) do not trigger reloads.
+            let relevant = path.file_name().is_some_and(|name| {
+                name.to_str().is_some_and(|n| n.starts_with(".."))
+                    || cert_names_for_events.iter().any(|c| c == name)
+            });
+            if relevant
+                && path
+                    .parent()
+                    .is_some_and(|p| cert_dirs_for_events.iter().any(|d| same_file(p, d)))
             {
                 let _ = tx.send(Command::CertsChanged);
             }

@@ -98,7 +98,10 @@ fn same(a: &Authority, b: &Authority, default: Option<u16>) -> bool {
 fn port(a: &Authority) -> Option<u16> {
     let text = a.value.to_str().ok()?;
     let rest = &text[a.host_end..];
-    let rest = rest.strip_prefix(']').unwrap_or(rest);
+    let rest = rest
+        .strip_prefix(']')
+        .or_else(|| rest.strip_prefix('.'))
+        .unwrap_or(rest);
     rest.strip_prefix(':')?.parse().ok()
 }
 
@@ -119,7 +122,14 @@ fn parse(bytes: &[u8]) -> Option<Authority> {
         if host.is_empty() || !host.bytes().all(name_byte) {
             return None;
         }
-        (0, end, &text[end..])
+        // `example.com.` is `example.com` (a fully qualified name): one
+        // trailing dot is not part of the host routes and certificates see.
+        let host_end = if host.len() > 1 && host.ends_with('.') {
+            end - 1
+        } else {
+            end
+        };
+        (0, host_end, &text[end..])
     };
     if !rest.is_empty() {
         let digits = rest.strip_prefix(':')?;
@@ -179,6 +189,18 @@ mod tests {
         );
         assert!(request("http://a/x", &["evil"], Version::HTTP_11).is_err());
         assert!(request("http://a:81/x", &["a"], Version::HTTP_11).is_err());
+    }
+
+    #[test]
+    fn a_trailing_dot_is_not_part_of_the_host() {
+        assert_eq!(
+            request("/x", &["Example.com.:8080"], Version::HTTP_11),
+            Ok(Some("Example.com".into()))
+        );
+        assert_eq!(
+            request("http://a./x", &["a"], Version::HTTP_11),
+            Ok(Some("a".into()))
+        );
     }
 
     #[test]

@@ -221,8 +221,7 @@ pub async fn handle(
     if let Some(path_and_query) = rewritten {
         parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
     } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let origin_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
+        parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
     drop(state);
@@ -258,6 +257,20 @@ fn redirect_to_https(code: StatusCode, host: &str, port: u16, uri: &Uri) -> Resp
     response
 }
 
+/// The origin form of an absolute-form URI: its path (`/` when empty, as in
+/// `http://a?x=1`) and query.
+fn origin_form(uri: &Uri) -> Uri {
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
+    };
+    let origin_form = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 /// The size of a request head as it would be written in HTTP/1.1.
 fn head_bytes(parts: &http::request::Parts) -> usize {
     let line = parts.method.as_str().len()
@@ -276,4 +289,17 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_form_keeps_the_query_of_an_absolute_uri_without_a_path() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(origin_form(&uri("http://a?x=1")), "/?x=1");
+        assert_eq!(origin_form(&uri("http://a")), "/");
+        assert_eq!(origin_form(&uri("http://a/p/q?x=1&y")), "/p/q?x=1&y");
+    }
 }

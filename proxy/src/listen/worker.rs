@@ -144,6 +144,7 @@ impl Worker {
         // and pool nothing more, so that nothing but requests in flight keeps
         // the drain alive.
         drop(listener);
+        drop(https);
         upstream::drain();
         tracker.close();
         if tokio::time::timeout(self.grace, tracker.wait())
