@@ -49,17 +49,20 @@ pub fn of_request(
     if hosts.next().is_some() {
         return Err(BadAuthority("the request has more than one Host header"));
     }
+    // The Host value is shared, not copied: it keeps pointing into the bytes
+    // hyper read.
     let host_header = host_header
-        .map(|v| {
-            parse(v.as_bytes()).ok_or(BadAuthority("the Host header is not a valid host[:port]"))
-        })
+        .map(|v| parse(v.clone()).ok_or(BadAuthority("the Host header is not a valid host[:port]")))
         .transpose()?;
     let from_uri = uri
         .authority()
         .map(|a| {
-            parse(a.as_str().as_bytes()).ok_or(BadAuthority(
-                "the request URI's authority is not a valid host[:port]",
-            ))
+            HeaderValue::from_str(a.as_str())
+                .ok()
+                .and_then(parse)
+                .ok_or(BadAuthority(
+                    "the request URI's authority is not a valid host[:port]",
+                ))
         })
         .transpose()?;
     match (from_uri, host_header) {
@@ -107,9 +110,8 @@ fn port(a: &Authority) -> Option<u16> {
 
 /// Parses `host[:port]`: a registered name (letters, digits, `-`, `.`, `_`),
 /// an IPv4 address, or a bracketed IPv6 literal; a port of 1 to 5 digits.
-fn parse(bytes: &[u8]) -> Option<Authority> {
-    let value = HeaderValue::from_bytes(bytes).ok()?;
-    let text = std::str::from_utf8(bytes).ok()?;
+fn parse(value: HeaderValue) -> Option<Authority> {
+    let text = std::str::from_utf8(value.as_bytes()).ok()?;
     let (host_start, host_end, rest) = if let Some(inner) = text.strip_prefix('[') {
         let close = inner.find(']')?;
         let literal = &inner[..close];

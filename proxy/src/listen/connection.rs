@@ -11,7 +11,10 @@
 //!
 //! The timer is one `Sleep`, re-armed in place; what it checks is kept in an
 //! [`Activity`] that the socket wrapper, the service and the response body
-//! update with a few relaxed atomics.
+//! update with a few relaxed atomics. Requests do not wake it (that would be
+//! a task wake-up per request): it looks at the connection at least once per
+//! tick, the shortest of these limits, so each limit is enforced within one
+//! tick of passing.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -71,6 +74,15 @@ pub(super) struct Timers {
 }
 
 impl Timers {
+    /// How often an open connection's timer looks at it at the least: the
+    /// shortest limit, so each is enforced within twice its length.
+    fn tick(&self) -> Duration {
+        self.first_request
+            .min(self.header_read)
+            .min(self.keepalive)
+            .min(self.client_send)
+    }
+
     pub(super) fn of(server: &ServerSettings) -> Timers {
         Timers {
             first_request: server.first_request_timeout,
@@ -97,8 +109,8 @@ struct Activity {
     /// `now_ms()` since when a write to the client has been blocked (the
     /// client stopped reading); 0 when writes go through.
     write_blocked_ms: AtomicU64,
-    /// Wakes the timer when the connection goes idle or a head begins, so it
-    /// can move its deadline earlier.
+    /// Wakes the timer when a write to the client blocks (rare), so the
+    /// send timer starts at once.
     changed: tokio::sync::Notify,
 }
 
@@ -123,7 +135,7 @@ impl Activity {
                 let blocked = self.write_blocked_ms.load(Relaxed);
                 if blocked == 0 {
                     // Bodies have timers of their own; look again later.
-                    return Verdict::Wait(after(now, timers.keepalive));
+                    return Verdict::Wait(after(now, timers.tick()));
                 }
                 (after(blocked, timers.client_send), |m| {
                     &m.client_send_timeouts
@@ -144,7 +156,10 @@ impl Activity {
         if now >= deadline {
             Verdict::Close(counter)
         } else {
-            Verdict::Wait(deadline)
+            // Requests ending and heads beginning do not wake the timer (that
+            // would cost a task wake-up per request): it looks at least every
+            // tick, so a deadline is met within one tick.
+            Verdict::Wait(deadline.min(after(now, timers.tick())))
         }
     }
 
@@ -172,7 +187,6 @@ impl Activity {
         if self.active.fetch_sub(1, Relaxed) == 1 {
             self.head_started_ms.store(0, Relaxed);
             self.idle_since_ms.store(now_ms(), Relaxed);
-            self.changed.notify_one();
         }
     }
 }
@@ -225,7 +239,7 @@ where
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    let timer = tokio::time::sleep(timers.first_request);
+    let timer = tokio::time::sleep(timers.first_request.min(timers.tick()));
     let mut timer = std::pin::pin!(timer);
     let mut closing = false;
     let result = loop {
@@ -288,7 +302,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             && self.activity.head_started_ms.load(Relaxed) == 0
         {
             self.activity.head_started_ms.store(now_ms(), Relaxed);
-            self.activity.changed.notify_one();
         }
         polled
     }
