@@ -384,3 +384,39 @@ async fn a_client_that_stops_reading_its_response_is_cut_off_and_frees_the_backe
     // The proxy still serves others.
     assert_eq!(Client::h1(proxy.addr).await.get("/").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_http2_client_that_grants_no_window_is_cut_off_and_frees_the_backend() {
+    let a = Backend::start("a").await;
+    let proxy = web_pool(1, "client_send_timeout_ms = 500", &[&a], "").await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the proxy may send no DATA at all.
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(
+            Request::get("http://localhost/stream?bytes=268435456")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the connection was closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.metrics.snapshot().client_send_timeouts, 1);
+    drop(response);
+    assert_eq!(Client::h1(proxy.addr).await.get("/").await.status, 200);
+}

@@ -109,6 +109,10 @@ struct Activity {
     /// `now_ms()` since when a write to the client has been blocked (the
     /// client stopped reading); 0 when writes go through.
     write_blocked_ms: AtomicU64,
+    /// Response bodies that handed data on and wait to be polled again.
+    handed_bodies: AtomicU32,
+    /// `now_ms()` of the last poll of any response body here.
+    last_body_poll_ms: AtomicU64,
     /// Wakes the timer when a write to the client blocks (rare), so the
     /// send timer starts at once.
     changed: tokio::sync::Notify,
@@ -133,11 +137,22 @@ impl Activity {
                 })
             } else if self.active.load(Relaxed) > 0 {
                 let blocked = self.write_blocked_ms.load(Relaxed);
-                if blocked == 0 {
-                    // Bodies have timers of their own; look again later.
-                    return Verdict::Wait(after(now, timers.tick()));
-                }
-                (after(blocked, timers.client_send), |m| {
+                // With HTTP/2 flow control the socket never blocks: a client
+                // that grants no window shows as bodies nobody takes.
+                let untaken = if self.handed_bodies.load(Relaxed) > 0 {
+                    self.last_body_poll_ms.load(Relaxed)
+                } else {
+                    0
+                };
+                let since = match (blocked, untaken) {
+                    (0, 0) => {
+                        // Bodies have timers of their own; look again later.
+                        return Verdict::Wait(after(now, timers.tick()));
+                    }
+                    (0, t) | (t, 0) => t,
+                    (a, b) => a.min(b),
+                };
+                (after(since, timers.client_send), |m| {
                     &m.client_send_timeouts
                 })
             } else {
@@ -233,7 +248,8 @@ where
             let response = crate::http::handle(&shared, &tracker, request, &conn).await;
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
-                _active: guard,
+                handed: false,
+                active: guard,
             }))
         }
     });
@@ -358,10 +374,23 @@ impl Drop for Active {
     }
 }
 
-/// A response body that keeps its request counted as in progress.
+/// A response body that keeps its request counted as in progress, and
+/// notes when it has handed data on and waits for the client to take more
+/// (HTTP/2 flow control, or a full socket): the connection timer closes a
+/// connection on which no body has been taken for `client_send_timeout`.
 struct Tracked {
     body: ProxyBody,
-    _active: Active,
+    /// Data was handed on and the body has not been polled since.
+    handed: bool,
+    active: Active,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.handed {
+            self.active.0.handed_bodies.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -372,7 +401,20 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let activity = &this.active.0;
+        activity.last_body_poll_ms.store(now_ms(), Relaxed);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let handed = matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data());
+        if handed != this.handed {
+            this.handed = handed;
+            if handed {
+                activity.handed_bodies.fetch_add(1, Relaxed);
+            } else {
+                activity.handed_bodies.fetch_sub(1, Relaxed);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
