@@ -270,6 +270,10 @@ metrics! {
     /// Response bodies from a backend that broke off mid-way; the client's
     /// stream was closed.
     upstream_body_errors,
+    /// Upgraded connections (WebSocket, …) tunnelled to a backend.
+    tunnels,
+    /// Tunnels closed after `read_timeout_ms` without a byte either way.
+    tunnel_idle_closes,
     /// Plugin files swapped in from the plugin folder.
     plugin_swaps,
     /// Plugin files refused (not Wasm, wrong world, trapped or refused in

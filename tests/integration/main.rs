@@ -16,3 +16,4 @@ mod strategies;
 mod streaming;
 mod support;
 mod tls;
+mod upgrade;

@@ -44,6 +44,18 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// A request rewritten for the backends, with what the attempt loop watches.
+pub(super) struct Outgoing {
+    /// The head, as backends get it.
+    pub parts: Parts,
+    /// The client's body.
+    pub body: RequestBody,
+    /// How the body is going, when there is one.
+    pub progress: Option<Arc<Progress>>,
+    /// The client's side of a protocol upgrade, when it asked for one.
+    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 /// Tries the request on `candidates` in order (see the module docs); the
 /// response of the first that answers streams back.
 pub(super) async fn forward(
@@ -51,10 +63,14 @@ pub(super) async fn forward(
     tracker: &TaskTracker,
     pool: &Pool,
     candidates: &[u32],
-    parts: Parts,
-    body: RequestBody,
-    progress: Option<Arc<Progress>>,
+    outgoing: Outgoing,
 ) -> Response<ProxyBody> {
+    let Outgoing {
+        parts,
+        body,
+        progress,
+        mut client_upgrade,
+    } = outgoing;
     let config = &pool.config;
     // A request without a body and with an idempotent method can be sent
     // again after it went out: keep its head for that.
@@ -141,6 +157,9 @@ pub(super) async fn forward(
                 if stats.record_success() {
                     tracing::info!(pool = %config.name, backend = %backend.address, "backend is up again");
                 }
+                if exchange.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return switch_protocols(ctx, tracker, pool, exchange, client_upgrade.take());
+                }
                 let mut response = UpstreamBody::wrap(
                     exchange,
                     in_flight,
@@ -198,6 +217,41 @@ pub(super) async fn forward(
             config.name
         ),
     )
+}
+
+/// A backend's `101 Switching Protocols`: both connections become a tunnel
+/// (see `tunnel`); the client gets the 101 with its upgrade headers.
+fn switch_protocols(
+    ctx: &Shared,
+    tracker: &TaskTracker,
+    pool: &Pool,
+    exchange: Exchange,
+    client: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let mut response = exchange.into_upgrade();
+    let Some(client) = client else {
+        Metrics::inc(&ctx.metrics.bad_gateway);
+        return message(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "veer: a backend of pool {} switched protocols unasked\n",
+                pool.config.name
+            ),
+        );
+    };
+    let backend = hyper::upgrade::on(&mut response);
+    let protocol = response.headers().get(http::header::UPGRADE).cloned();
+    rewrite::strip_hop_by_hop(response.headers_mut());
+    if let Some(protocol) = protocol {
+        rewrite::set_upgrade(response.headers_mut(), protocol);
+    }
+    tracker.spawn(super::tunnel::run(
+        client,
+        backend,
+        pool.config.read_timeout,
+        ctx.metrics.clone(),
+    ));
+    response.map(|_| ProxyBody::Message(None))
 }
 
 /// The request again, from its kept head (only for replayable requests).

@@ -12,6 +12,7 @@ mod authority;
 pub mod body;
 mod path;
 pub mod rewrite;
+mod tunnel;
 
 use std::net::SocketAddr;
 
@@ -178,7 +179,16 @@ pub async fn handle(
     // Rewrite for the backend: HTTP/1.1, origin-form URI, `Host` = the one
     // authority.
     let accepts_trailers = rewrite::accepts_trailers(&parts.headers);
+    let upgrade = (parts.version == Version::HTTP_11)
+        .then(|| rewrite::upgrade_protocol(&parts.headers))
+        .flatten();
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     rewrite::strip_hop_by_hop(&mut parts.headers);
+    if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
+        rewrite::set_upgrade(&mut parts.headers, protocol.clone());
+    }
     if accepts_trailers {
         // `TE` is hop-by-hop, but "I take trailers" holds for the client
         // behind this hop too: without it a backend may drop its trailers.
@@ -227,8 +237,19 @@ pub async fn handle(
     drop(state);
     let (body, progress) = RequestBody::new(body, client_body_timeout, max_body_bytes);
 
-    let mut response =
-        attempt::forward(ctx, tracker, &pool, &candidates, parts, body, progress).await;
+    let mut response = attempt::forward(
+        ctx,
+        tracker,
+        &pool,
+        &candidates,
+        attempt::Outgoing {
+            parts,
+            body,
+            progress,
+            client_upgrade,
+        },
+    )
+    .await;
     for (name, value) in plugin_headers {
         response.headers_mut().append(name, value);
     }

@@ -58,6 +58,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection:
+/// upgrade` and `Upgrade: PROTO`), if it does.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts the upgrade back after hop-by-hop headers were removed: it is for
+/// the next hop too.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Whether the client said it accepts trailers (`TE: trailers`).
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers

@@ -253,7 +253,7 @@ where
             }))
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let timer = tokio::time::sleep(timers.first_request.min(timers.tick()));
     let mut timer = std::pin::pin!(timer);

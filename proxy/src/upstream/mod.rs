@@ -66,6 +66,14 @@ pub struct Exchange {
     returner: Returner,
 }
 
+impl Exchange {
+    /// The response of a backend that switched protocols: its connection
+    /// is no longer HTTP and never returns to the pool.
+    pub fn into_upgrade(self) -> Response<Incoming> {
+        self.response
+    }
+}
+
 /// Which connections a send may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connection {
@@ -218,7 +226,9 @@ async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, Co
     // The connection task ends when its sender is dropped (pool eviction,
     // shutdown) or the backend closes it.
     tracker.spawn(async move {
-        if let Err(e) = connection.await {
+        // With upgrades: a 101 hands the connection to the response's
+        // `OnUpgrade` instead of closing it.
+        if let Err(e) = connection.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
         }
     });
