@@ -7,20 +7,22 @@
 //! plane reads and swaps it in atomically, never the other way round.
 //!
 //! Data plane:
-//! - `listen/`: the listening socket, one worker thread per core, client
-//!   connections (limits, timers) and graceful shutdown.
+//! - `listen/`: the listening sockets (plain and TLS: certificates by SNI,
+//!   reloaded live), one worker thread per core, client connections (limits,
+//!   one timer each), signals and graceful shutdown.
 //! - `http/`: the path of one request: authority and route, the strategy's
-//!   candidates, header rewriting, the attempt loop (retries, timeouts) and
-//!   the bodies streamed both ways.
-//! - `upstream/`: connections to backends: a keep-alive pool per worker,
-//!   sending so that an unsent request comes back for the next candidate.
+//!   candidates, header rewriting, the attempt loop (retries, timeouts), the
+//!   bodies streamed both ways and upgrade tunnels.
+//! - `upstream/`: connections to backends (plain or TLS): a keep-alive pool
+//!   per worker, sending so that an unsent request comes back for the next
+//!   candidate, typed errors that say whether a retry is safe.
 //!
 //! Control plane:
 //! - `plugin/`: the only module that touches wasmtime: bindings per WIT
 //!   world, host imports, the compiled cache, the epoch ticker, and the
 //!   balancer that drives one pool's plugin per worker.
-//! - `control/`: the plugin registry, and reloads of the plugin folder and
-//!   the configuration.
+//! - `control/`: the plugin registry, reloads of the plugin folder, the
+//!   configuration and the certificates, and automatic certificates (ACME).
 //!
 //! Shared by both:
 //! - [`config`]: the TOML file, one file per section, validated into plain
