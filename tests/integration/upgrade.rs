@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// A backend that answers `Upgrade: echo` with 101 and then echoes every
-/// byte back on the upgraded connection.
+/// byte back on the upgraded connection (and a plain request with 200).
 async fn echo_upgrade_backend() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -18,6 +18,9 @@ async fn echo_upgrade_backend() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     |mut req: http::Request<hyper::body::Incoming>| async move {
+                        if !req.headers().contains_key("upgrade") {
+                            return Ok(http::Response::new(full("plain")));
+                        }
                         let upgrade = hyper::upgrade::on(&mut req);
                         tokio::spawn(async move {
                             if let Ok(upgraded) = upgrade.await {
@@ -115,4 +118,36 @@ async fn an_idle_tunnel_is_closed_after_the_pools_read_timeout() {
         started.elapsed()
     );
     assert_eq!(proxy.metrics.snapshot().tunnel_idle_closes, 1);
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_place_under_the_connection_cap_until_it_ends() {
+    let backend = echo_upgrade_backend().await;
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nmax_connections = 1\n[pools.web]\nbackends = [\"{backend}\"]\n"
+    ))
+    .await;
+    let mut stream = upgraded(proxy.addr).await;
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(
+        proxy.metrics.snapshot().client_connections_open,
+        1,
+        "the tunnel counts"
+    );
+    // The cap is full: a second client waits in the backlog...
+    let waiting = tokio::spawn({
+        let addr = proxy.addr;
+        async move { Client::h1(addr).await.get("/").await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served past the cap");
+    // ...until the tunnel ends.
+    drop(stream);
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
 }

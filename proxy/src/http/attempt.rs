@@ -52,8 +52,9 @@ pub(super) struct Outgoing {
     pub body: RequestBody,
     /// How the body is going, when there is one.
     pub progress: Option<Arc<Progress>>,
-    /// The client's side of a protocol upgrade, when it asked for one.
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's side of a protocol upgrade, when it asked for one, and
+    /// its connection's slot under `max_connections` for the tunnel to keep.
+    pub client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<super::ConnSlot>)>,
 }
 
 /// Tries the request on `candidates` in order (see the module docs); the
@@ -226,10 +227,10 @@ fn switch_protocols(
     tracker: &TaskTracker,
     pool: &Pool,
     exchange: Exchange,
-    client: Option<hyper::upgrade::OnUpgrade>,
+    client: Option<(hyper::upgrade::OnUpgrade, Option<super::ConnSlot>)>,
 ) -> Response<ProxyBody> {
     let mut response = exchange.into_upgrade();
-    let Some(client) = client else {
+    let Some((client, slot)) = client else {
         Metrics::inc(&ctx.metrics.bad_gateway);
         return message(
             StatusCode::BAD_GATEWAY,
@@ -245,12 +246,17 @@ fn switch_protocols(
     if let Some(protocol) = protocol {
         rewrite::set_upgrade(response.headers_mut(), protocol);
     }
-    tracker.spawn(super::tunnel::run(
+    let tunnel = super::tunnel::run(
         client,
         backend,
         pool.config.read_timeout,
         ctx.metrics.clone(),
-    ));
+    );
+    tracker.spawn(async move {
+        tunnel.await;
+        // The tunnel held the connection's place under the cap until now.
+        drop(slot);
+    });
     response.map(|_| ProxyBody::Message(None))
 }
 

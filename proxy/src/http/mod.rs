@@ -36,6 +36,25 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The TLS session, on the HTTPS listener.
     pub tls: Option<TlsInfo>,
+    /// The connection's place under `max_connections`, released when the
+    /// connection ends, or taken over by an upgrade tunnel that outlives
+    /// the HTTP connection.
+    pub slot: std::sync::Mutex<Option<ConnSlot>>,
+}
+
+/// One client connection counted open (gauge and cap) until dropped.
+#[derive(Debug)]
+pub struct ConnSlot {
+    /// The cap's permit (released on drop).
+    pub _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Where the open-connections gauge is.
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
 }
 
 /// Request headers that carry a verified client certificate's identity to
@@ -246,7 +265,10 @@ pub async fn handle(
             parts,
             body,
             progress,
-            client_upgrade,
+            client_upgrade: client_upgrade.map(|upgrade| {
+                let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
+                (upgrade, slot)
+            }),
         },
     )
     .await;

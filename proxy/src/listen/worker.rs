@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Timers};
 use super::tls::{CertStore, ClientIdentity, TlsInfo};
-use crate::http::ConnInfo;
+use crate::http::{ConnInfo, ConnSlot};
 use crate::state::Shared;
 use crate::stats::{Metrics, now_ms};
 use crate::upstream;
@@ -101,6 +101,10 @@ impl Worker {
                     let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     let shared = self.shared.clone();
                     shared.metrics.connection_opened();
+                    let slot = std::sync::Mutex::new(Some(ConnSlot {
+                        _permit: permit,
+                        metrics: shared.metrics.clone(),
+                    }));
                     let context = connection::ConnContext {
                         shared: shared.clone(),
                         tracker: tracker.clone(),
@@ -112,7 +116,11 @@ impl Worker {
                     tracker.spawn(async move {
                         match tls {
                             None => {
-                                let conn = Arc::new(ConnInfo { peer, tls: None });
+                                let conn = Arc::new(ConnInfo {
+                                    peer,
+                                    tls: None,
+                                    slot,
+                                });
                                 connection::serve(stream, conn, context).await;
                             }
                             Some(tls) => {
@@ -122,13 +130,14 @@ impl Worker {
                                     let conn = Arc::new(ConnInfo {
                                         peer,
                                         tls: Some(info),
+                                        slot,
                                     });
                                     connection::serve(stream, conn, context).await;
                                 }
                             }
                         }
-                        shared.metrics.connection_closed();
-                        drop(permit);
+                        // The slot is released with the connection (or
+                        // later, by an upgrade tunnel that took it).
                     });
                 }
                 Err(e) => {
