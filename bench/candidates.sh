@@ -16,41 +16,36 @@ _veer_backends() {
   echo "${list%, }"
 }
 
-cand_veer() {
+# Writes $RUNDIR/veer.toml: plain listener line $1, extra sections $2.
+_veer_config() {
   local list; list=$(_veer_backends) || exit 1
   cat > "$RUNDIR/veer.toml" <<TOML
 [server]
-listen = "127.0.0.1:$PORT"
+$1
 workers = $WORKERS
 
+[plugins]
+dir = ""
+$2
 [pools.bench]
 strategy = "round-robin"
 backends = [$list]
 max_idle_per_backend = 128
 TOML
+}
+
+cand_veer() {
+  _veer_config "listen = \"127.0.0.1:$PORT\"" ""
   RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
 }
 
 # Veer terminating TLS (HTTPS listener on $PORT; the plain listener on a free
 # port nobody uses). Loaded over https:// by the harness (name ends in -tls).
 cand_veer_tls() {
-  local list; list=$(_veer_backends) || exit 1
-  cat > "$RUNDIR/veer.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-workers = $WORKERS
-
-[plugins]
-dir = ""
-
+  _veer_config 'listen = "127.0.0.1:0"' "
 [tls]
-listen = "127.0.0.1:$PORT"
-certificates = [{ cert = "$TLS_CERT", key = "$TLS_KEY" }]
-
-[pools.bench]
-strategy = "round-robin"
-backends = [$list]
-max_idle_per_backend = 128
-TOML
+listen = \"127.0.0.1:$PORT\"
+certificates = [{ cert = \"$TLS_CERT\", key = \"$TLS_KEY\" }]
+"
   RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
 }

@@ -75,6 +75,15 @@ async fn in_flight_requests_finish_and_new_connections_are_refused_with_two_work
     in_flight_requests_finish_and_new_connections_are_refused(2).await;
 }
 
+/// A configuration for the real binary in front of `backend` (`{listen}` is
+/// filled in by [`start_veer`]); no plugin folder, no compiled cache.
+fn binary_config(workers: usize, server_extra: &str, backend: &Backend) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = {workers}\n{server_extra}\n[plugins]\ndir = \"\"\ncache_dir = \"\"\n[pools.web]\nbackends = [\"{}\"]\n",
+        backend.addr
+    )
+}
+
 /// The real binary serving `toml`; returns it and its address.
 fn start_veer(dir: &TempDir, toml: &str) -> (std::process::Child, std::net::SocketAddr) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -125,13 +134,7 @@ async fn exited_within(
 async fn sigterm_refuses_new_connections_at_once_and_exits_when_the_last_request_ends() {
     let a = Backend::start("a").await;
     let dir = TempDir::new("sigterm");
-    let (mut veer, addr) = start_veer(
-        &dir,
-        &format!(
-            "[server]\nlisten = \"{{listen}}\"\nworkers = 2\n[plugins]\ndir = \"\"\ncache_dir = \"\"\n[pools.web]\nbackends = [\"{}\"]\n",
-            a.addr
-        ),
-    );
+    let (mut veer, addr) = start_veer(&dir, &binary_config(2, "", &a));
     let in_flight = tokio::spawn(async move { Client::h1(addr).await.get("/slow?ms=800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&veer, rustix::process::Signal::TERM);
@@ -157,13 +160,7 @@ async fn sigterm_refuses_new_connections_at_once_and_exits_when_the_last_request
 async fn a_second_sigterm_exits_at_once() {
     let a = Backend::start("a").await;
     let dir = TempDir::new("sigterm2");
-    let (mut veer, addr) = start_veer(
-        &dir,
-        &format!(
-            "[server]\nlisten = \"{{listen}}\"\nworkers = 1\nshutdown_grace_ms = 30000\n[plugins]\ndir = \"\"\ncache_dir = \"\"\n[pools.web]\nbackends = [\"{}\"]\n",
-            a.addr
-        ),
-    );
+    let (mut veer, addr) = start_veer(&dir, &binary_config(1, "shutdown_grace_ms = 30000", &a));
     let _in_flight = tokio::spawn(async move {
         let mut client = Client::h1(addr).await;
         client.get("/slow?ms=20000").await

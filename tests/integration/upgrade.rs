@@ -80,6 +80,14 @@ async fn upgraded(proxy: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// Sends `message` through the tunnel and checks it comes back whole.
+async fn echoes(stream: &mut TcpStream, message: &[u8]) {
+    stream.write_all(message).await.unwrap();
+    let mut echo = vec![0u8; message.len()];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, message);
+}
+
 #[tokio::test]
 async fn an_upgraded_connection_carries_a_thousand_messages_both_ways() {
     let backend = echo_upgrade_backend().await;
@@ -89,11 +97,7 @@ async fn an_upgraded_connection_carries_a_thousand_messages_both_ways() {
     .await;
     let mut stream = upgraded(proxy.addr).await;
     for i in 0..1000 {
-        let message = format!("message {i:04}\n");
-        stream.write_all(message.as_bytes()).await.unwrap();
-        let mut echo = vec![0u8; message.len()];
-        stream.read_exact(&mut echo).await.unwrap();
-        assert_eq!(echo, message.as_bytes());
+        echoes(&mut stream, format!("message {i:04}\n").as_bytes()).await;
     }
     assert_eq!(proxy.metrics.snapshot().tunnels, 1);
 }
@@ -106,9 +110,7 @@ async fn an_idle_tunnel_is_closed_after_the_pools_read_timeout() {
     ))
     .await;
     let mut stream = upgraded(proxy.addr).await;
-    stream.write_all(b"ping").await.unwrap();
-    let mut echo = [0u8; 4];
-    stream.read_exact(&mut echo).await.unwrap();
+    echoes(&mut stream, b"ping").await;
     let started = Instant::now();
     let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(closed);
@@ -128,9 +130,7 @@ async fn a_tunnel_keeps_its_place_under_the_connection_cap_until_it_ends() {
     ))
     .await;
     let mut stream = upgraded(proxy.addr).await;
-    stream.write_all(b"ping").await.unwrap();
-    let mut echo = [0u8; 4];
-    stream.read_exact(&mut echo).await.unwrap();
+    echoes(&mut stream, b"ping").await;
     assert_eq!(
         proxy.metrics.snapshot().client_connections_open,
         1,

@@ -167,16 +167,37 @@ fn optional_path(base_dir: &Path, path: &Path) -> Option<PathBuf> {
     })
 }
 
-/// A duration in milliseconds between `min` and `max`: every duration has an
-/// upper bound, so no deadline computed from it can overflow.
-fn bounded_ms(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+/// A number between `min` and `max` (both included); the error names the key
+/// and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    in_range_of(key, value, min, max, "")
+}
+
+fn in_range_of<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<T, ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::at(
             key,
-            format!("{value} ms is not between {min} and {max}"),
+            format!("{value}{unit} is not between {min} and {max}"),
         ));
     }
-    Ok(Duration::from_millis(value))
+    Ok(value)
+}
+
+/// A duration in milliseconds between `min` and `max`: every duration has an
+/// upper bound, so no deadline computed from it can overflow.
+fn bounded_ms(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    in_range_of(key, value, min, max, " ms").map(Duration::from_millis)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{bounded_ms, optional_path};
+use super::{bounded_ms, in_range, optional_path};
 use crate::error::ConfigError;
 
 /// `[plugins]`
@@ -117,12 +117,7 @@ impl PluginsSection {
         )?;
         bounded_ms("plugins.setup_timeout_ms", self.setup_timeout_ms, 1, 60_000)?;
         bounded_ms("plugins.debounce_ms", self.debounce_ms, 0, 60_000)?;
-        if !(1..=4096).contains(&self.memory_limit_mib) {
-            return Err(ConfigError::at(
-                "plugins.memory_limit_mib",
-                format!("{} is not between 1 and 4096", self.memory_limit_mib),
-            ));
-        }
+        in_range("plugins.memory_limit_mib", self.memory_limit_mib, 1, 4096)?;
         Ok(PluginSettings {
             load: self.load.iter().map(|f| base_dir.join(f)).collect(),
             allow_override_builtin: self.allow_override_builtin,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::bounded_ms;
+use super::{bounded_ms, in_range};
 use crate::error::ConfigError;
 
 /// `[server]`
@@ -180,24 +180,14 @@ impl ServerSection {
             }
             n => n,
         };
-        if !(1..=65_535).contains(&self.backlog) {
-            return Err(ConfigError::at(
-                "server.backlog",
-                format!("{} is not between 1 and 65535", self.backlog),
-            ));
-        }
-        if !(1024..=16 << 20).contains(&self.max_header_bytes) {
-            return Err(ConfigError::at(
-                "server.max_header_bytes",
-                format!("{} is not between 1024 and 16777216", self.max_header_bytes),
-            ));
-        }
-        if !(1..=10_000).contains(&self.max_headers) {
-            return Err(ConfigError::at(
-                "server.max_headers",
-                format!("{} is not between 1 and 10000", self.max_headers),
-            ));
-        }
+        in_range("server.backlog", self.backlog, 1, 65_535)?;
+        in_range(
+            "server.max_header_bytes",
+            self.max_header_bytes,
+            1024,
+            16 << 20,
+        )?;
+        in_range("server.max_headers", self.max_headers, 1, 10_000)?;
         let trusted_proxies = self
             .trusted_proxies
             .iter()

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::bounded_ms;
+use super::{bounded_ms, in_range};
 use crate::error::ConfigError;
 
 /// `[tls]`
@@ -194,18 +194,18 @@ impl AcmeSection {
                 format!("{:?} is not an https:// URL", self.directory),
             ));
         }
-        if !(1..=3650).contains(&self.renew_before_days) {
-            return Err(ConfigError::at(
-                "tls.acme.renew_before_days",
-                format!("{} is not between 1 and 3650", self.renew_before_days),
-            ));
-        }
-        if !(1..=86_400).contains(&self.check_interval_s) {
-            return Err(ConfigError::at(
-                "tls.acme.check_interval_s",
-                format!("{} is not between 1 and 86400", self.check_interval_s),
-            ));
-        }
+        in_range(
+            "tls.acme.renew_before_days",
+            self.renew_before_days,
+            1,
+            3650,
+        )?;
+        in_range(
+            "tls.acme.check_interval_s",
+            self.check_interval_s,
+            1,
+            86_400,
+        )?;
         Ok(AcmeSettings {
             domains: self
                 .domains

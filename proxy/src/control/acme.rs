@@ -124,12 +124,11 @@ fn jitter(base: Duration) -> Duration {
 
 /// Time left on the certificate in `path`, if it is there and readable.
 fn remaining(path: &Path) -> Option<Duration> {
-    let pem = std::fs::read(path).ok()?;
-    let der = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
-        .next()?
-        .ok()
-        .map(|c: rustls_pki_types::CertificateDer<'static>| c)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let leaf = crate::listen::tls::load_chain(path)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let left = cert.validity().time_to_expiration()?;
     Some(Duration::from_secs(left.whole_seconds().max(0) as u64))
 }

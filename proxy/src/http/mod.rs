@@ -149,8 +149,8 @@ pub async fn handle(
             format!("veer: no route for host {host:?} and path {normalized:?}\n"),
         );
     };
-    if let (Some(limit), Some(length)) = (server.max_body_bytes, content_length(&parts.headers))
-        && length > limit
+    if let Some(limit) = server.max_body_bytes
+        && content_length(&parts.headers).is_some_and(|length| length > limit)
     {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,

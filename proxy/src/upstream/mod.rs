@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::http::body::RequestBody;
@@ -204,7 +205,7 @@ async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, Co
             .map_err(ConnectFailure::Io)?;
         let _ = stream.set_nodelay(true);
         match target.tls {
-            None => Ok(Stream::Plain(stream)),
+            None => Ok(Either::Left(stream)),
             Some((client, id)) => {
                 let (name, _) = client.name(id);
                 let stream = client
@@ -212,7 +213,7 @@ async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, Co
                     .connect(name.clone(), stream)
                     .await
                     .map_err(ConnectFailure::Tls)?;
-                Ok(Stream::Tls(Box::new(stream)))
+                Ok(Either::Right(Box::new(stream)))
             }
         }
     };
@@ -233,74 +234,4 @@ async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, Co
         }
     });
     Ok(sender)
-}
-
-/// A backend connection: plain TCP or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
