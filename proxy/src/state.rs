@@ -46,6 +46,24 @@ pub struct Pool {
     pub balancer: Balancer,
     /// HTTPS to the backends, when the pool has `tls`.
     pub tls: Option<crate::upstream::TlsClient>,
+    /// How many retries the pool may still make.
+    pub budget: crate::http::RetryBudget,
+}
+
+impl Pool {
+    /// How to reach backend `id`.
+    pub fn target(&self, id: usize) -> crate::upstream::Target<'_> {
+        let config = &self.config;
+        crate::upstream::Target {
+            addr: config.backends[id].addr,
+            tls: self.tls.as_ref().map(|client| (client, id)),
+            connect_timeout: config.connect_timeout,
+            max_idle: config.max_idle_per_backend,
+            idle_timeout: config.idle_timeout,
+            protocol: config.protocol,
+            max_streams: config.max_streams_per_connection,
+        }
+    }
 }
 
 /// What every worker shares.

@@ -5,9 +5,11 @@
 //! plugin instance reads the same truth and nothing is lost when a plugin is
 //! swapped.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::config::Ejection;
 
 /// Milliseconds since the process's first call: a cheap monotonic clock that
 /// fits in an atomic.
@@ -16,7 +18,8 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Live counters and passive health of one backend.
+/// Live counters and health of one backend: passive (failures in a row,
+/// ejection) and active (the last verdict of its health checks).
 #[derive(Debug, Default)]
 pub struct BackendStats {
     /// Requests sent whose response has not finished.
@@ -29,9 +32,19 @@ pub struct BackendStats {
     latency_stamp_ms: AtomicU64,
     /// Connection failures in a row.
     consecutive_failures: AtomicU32,
-    /// `now_ms()` until which the backend is considered down; once past, the
-    /// first request to claim it (by moving it forward) probes the backend.
+    /// `now_ms()` until which the backend is ejected; once past, the first
+    /// request to claim it (by moving it forward) probes the backend.
     down_until_ms: AtomicU64,
+    /// Set while a request probes an ejected backend: its failure ejects
+    /// again (for longer); other failures while ejected change nothing.
+    probing: AtomicBool,
+    /// Ejections in a row (the n-th lasts n × the first, up to a cap).
+    ejections: AtomicU32,
+    /// `now_ms()` when the backend last came back (slow start runs from
+    /// here); 0: never left.
+    returned_ms: AtomicU64,
+    /// Active health checks say the backend is unhealthy.
+    check_failed: AtomicBool,
 }
 
 /// Weight of a new latency sample in the EWMA, as a right shift: 1/8.
@@ -56,21 +69,40 @@ impl BackendStats {
         self.latency_peak_ewma_us.load(Relaxed)
     }
 
-    /// Whether the backend is not marked down (a down backend whose
-    /// `fail_timeout` has passed counts as up here: it is due a probe). For
-    /// plugins and the "are all candidates down" check; to send a request,
-    /// use [`BackendStats::admit`].
+    /// Whether the backend may be sent requests: its health checks (if any)
+    /// pass and it is not ejected (an ejected backend whose time is up
+    /// counts as up here: it is due a probe). For plugins (`healthy`) and
+    /// the "are all candidates down" check; to send a request, use
+    /// [`BackendStats::admit`].
     pub fn is_up(&self) -> bool {
+        if self.check_failed.load(Relaxed) {
+            return false;
+        }
         let until = self.down_until_ms.load(Relaxed);
         until == 0 || until <= now_ms()
     }
 
-    /// Whether a request may be sent to the backend now. An up backend admits
-    /// every request. A down backend admits none until its `fail_timeout` has
-    /// passed; then exactly one request (the one that wins an atomic claim)
-    /// is admitted to probe it, and the backend stays down for everyone else
-    /// for another `probe_window` unless the probe succeeds.
+    /// Whether active health checks say the backend is unhealthy.
+    pub fn check_failed(&self) -> bool {
+        self.check_failed.load(Relaxed)
+    }
+
+    /// Whether the backend is ejected now (by passive health).
+    pub fn is_ejected(&self) -> bool {
+        let until = self.down_until_ms.load(Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    /// Whether a request may be sent to the backend now. A backend its
+    /// health checks fail admits none. An up backend admits every request.
+    /// An ejected one admits none until its ejection is over; then exactly
+    /// one request (the one that wins an atomic claim) is admitted to probe
+    /// it, and the backend stays out for everyone else for another
+    /// `probe_window` unless the probe succeeds.
     pub fn admit(&self, probe_window: Duration) -> bool {
+        if self.check_failed.load(Relaxed) {
+            return false;
+        }
         let until = self.down_until_ms.load(Relaxed);
         if until == 0 {
             return true;
@@ -80,9 +112,42 @@ impl BackendStats {
             return false;
         }
         let next = now + probe_window.as_millis() as u64;
-        self.down_until_ms
+        let claimed = self
+            .down_until_ms
             .compare_exchange(until, next.max(1), Relaxed, Relaxed)
-            .is_ok()
+            .is_ok();
+        if claimed {
+            self.probing.store(true, Relaxed);
+        }
+        claimed
+    }
+
+    /// Where the backend is in its slow start: the share of `window` passed
+    /// since it came back, in `[0, 1)`; `None` when it is not in one.
+    pub fn slow_start(&self, window: Duration) -> Option<f64> {
+        if window.is_zero() {
+            return None;
+        }
+        let since = self.returned_ms.load(Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let elapsed = now_ms().saturating_sub(since);
+        let window = window.as_millis() as u64;
+        (elapsed < window).then(|| elapsed as f64 / window as f64)
+    }
+
+    /// Records the verdict of an active health check (after its rise/fall
+    /// thresholds); returns true when it flips. A backend that becomes
+    /// healthy is also no longer ejected, and starts its slow start.
+    pub fn set_check_result(&self, healthy: bool) -> bool {
+        let flipped = self.check_failed.swap(!healthy, Relaxed) == healthy;
+        if flipped && healthy {
+            self.consecutive_failures.store(0, Relaxed);
+            self.down_until_ms.store(0, Relaxed);
+            self.returned_ms.store(now_ms().max(1), Relaxed);
+        }
+        flipped
     }
 
     /// Counts a request in flight until the guard drops.
@@ -130,8 +195,8 @@ impl BackendStats {
         self.latency_peak_ewma_us.store(new_peak.max(1), Relaxed);
     }
 
-    /// Records a successful connection; returns true when this brings the
-    /// backend back up (for a log line on the flip).
+    /// Records a successful attempt; returns true when this ends an
+    /// ejection (for a log line on the flip; slow start begins).
     pub fn record_success(&self) -> bool {
         // Loads first: on the common path (up, no failures) nothing is
         // written to this shared cache line.
@@ -139,21 +204,53 @@ impl BackendStats {
             self.consecutive_failures.store(0, Relaxed);
         }
         // Cleared whatever the failure count says: a failure racing with this
-        // success may have marked the backend down after the count was reset.
-        self.down_until_ms.load(Relaxed) != 0 && self.down_until_ms.swap(0, Relaxed) != 0
+        // success may have ejected the backend after the count was reset.
+        let back =
+            self.down_until_ms.load(Relaxed) != 0 && self.down_until_ms.swap(0, Relaxed) != 0;
+        if back {
+            self.probing.store(false, Relaxed);
+            self.returned_ms.store(now_ms().max(1), Relaxed);
+        }
+        back
     }
 
-    /// Records a failed connection; after `max_fails` in a row the backend is
-    /// down for `fail_timeout` (then one request probes it again). Returns
-    /// true when this marks it down.
-    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+    /// Records a failed attempt (a connect error, a timeout, a status that
+    /// counts). After `max_fails` in a row the backend is ejected, unless
+    /// `pool` (this backend's pool, itself included) already has as many
+    /// ejected as it may: the n-th ejection in a row lasts n × the first, up
+    /// to the cap (a backend that served well for the cap's length starts
+    /// again from the first). Returns how long, when this ejects.
+    pub fn record_failure(
+        &self,
+        policy: &Ejection,
+        pool: &[Arc<BackendStats>],
+    ) -> Option<Duration> {
         let fails = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if max_fails == 0 || fails < max_fails {
-            return false;
+        if policy.max_fails == 0 || fails < policy.max_fails {
+            return None;
         }
-        let until = now_ms() + fail_timeout.as_millis() as u64;
-        let was = self.down_until_ms.swap(until.max(1), Relaxed);
-        was == 0 || was <= now_ms()
+        let now = now_ms();
+        let was = self.down_until_ms.load(Relaxed);
+        let probe_failed = self.probing.swap(false, Relaxed);
+        if was > now && !probe_failed {
+            // Already out: a request sent before the ejection failing late.
+            return None;
+        }
+        if !probe_failed {
+            let ejected = pool.iter().filter(|b| b.is_ejected()).count();
+            if ejected >= policy.max_ejected(pool.len()) {
+                return None;
+            }
+        }
+        let returned = self.returned_ms.load(Relaxed);
+        if returned != 0 && now.saturating_sub(returned) > policy.max.as_millis() as u64 {
+            self.ejections.store(0, Relaxed);
+        }
+        let n = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        let length = policy.base.saturating_mul(n).min(policy.max);
+        self.down_until_ms
+            .store((now + length.as_millis() as u64).max(1), Relaxed);
+        Some(length)
     }
 }
 
@@ -259,8 +356,19 @@ metrics! {
     upstream_connects,
     /// Connections to backends that could not be made.
     upstream_connect_errors,
-    /// Attempts on a further candidate after a failed one.
+    /// Attempts on a further candidate after a failed one (or one that
+    /// answered a status in `retry.on_statuses`).
     retries,
+    /// Retries not made because the pool's retry budget was spent.
+    retry_budget_exhausted,
+    /// Backends ejected by passive health (failures in a row).
+    ejections,
+    /// Active health checks run.
+    health_checks,
+    /// Active health checks that failed.
+    health_check_failures,
+    /// Backends whose health checks made them unhealthy (flips).
+    backends_marked_unhealthy,
     /// Requests sent again on a fresh connection to the same backend after a
     /// reused connection closed without a response (not counted in `retries`).
     fresh_connection_retries,
@@ -328,24 +436,90 @@ pub fn plugin_log_allowed() -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_backend_goes_down_after_max_fails_and_comes_back_on_success() {
-        let stats = BackendStats::default();
-        assert!(!stats.record_failure(2, Duration::from_secs(60)));
-        assert!(stats.is_up());
-        assert!(stats.record_failure(2, Duration::from_secs(60)));
-        assert!(!stats.is_up());
-        assert!(stats.record_success());
-        assert!(stats.is_up());
+    fn policy(max_fails: u32, base_ms: u64, max_ms: u64, percent: u32) -> Ejection {
+        Ejection {
+            max_fails,
+            base: Duration::from_millis(base_ms),
+            max: Duration::from_millis(max_ms),
+            max_ejected_percent: percent,
+            statuses: vec![503],
+        }
+    }
+
+    fn pool(n: usize) -> Vec<Arc<BackendStats>> {
+        (0..n).map(|_| Arc::default()).collect()
     }
 
     #[test]
-    fn max_fails_zero_never_marks_a_backend_down() {
-        let stats = BackendStats::default();
+    fn a_backend_is_ejected_after_max_fails_and_comes_back_on_success() {
+        let pool = pool(2);
+        let p = policy(2, 60_000, 300_000, 50);
+        assert_eq!(pool[0].record_failure(&p, &pool), None);
+        assert!(pool[0].is_up());
+        assert_eq!(
+            pool[0].record_failure(&p, &pool),
+            Some(Duration::from_secs(60))
+        );
+        assert!(!pool[0].is_up() && !pool[0].admit(Duration::from_secs(1)));
+        assert!(pool[0].record_success());
+        assert!(pool[0].is_up());
+    }
+
+    #[test]
+    fn max_fails_zero_never_ejects() {
+        let pool = pool(1);
         for _ in 0..10 {
-            assert!(!stats.record_failure(0, Duration::from_secs(60)));
+            assert_eq!(pool[0].record_failure(&policy(0, 1, 1, 100), &pool), None);
         }
+        assert!(pool[0].is_up());
+    }
+
+    #[test]
+    fn each_failed_probe_ejects_for_longer_up_to_the_cap() {
+        let pool = pool(1);
+        let p = policy(1, 1, 3, 100);
+        let mut lengths = Vec::new();
+        for _ in 0..4 {
+            lengths.push(pool[0].record_failure(&p, &pool).unwrap().as_millis());
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(pool[0].admit(Duration::from_millis(1)), "the probe");
+        }
+        assert_eq!(lengths, [1, 2, 3, 3]);
+    }
+
+    #[test]
+    fn a_failure_while_ejected_does_not_extend_the_ejection() {
+        let pool = pool(1);
+        let p = policy(1, 60_000, 300_000, 100);
+        assert!(pool[0].record_failure(&p, &pool).is_some());
+        assert_eq!(pool[0].record_failure(&p, &pool), None);
+    }
+
+    #[test]
+    fn no_more_than_the_allowed_share_of_a_pool_is_ejected_at_once() {
+        let pool = pool(4);
+        let p = policy(1, 60_000, 300_000, 50);
+        let ejected = pool
+            .iter()
+            .filter(|b| b.record_failure(&p, &pool).is_some())
+            .count();
+        assert_eq!(ejected, 2);
+        assert_eq!(pool.iter().filter(|b| b.is_up()).count(), 2);
+    }
+
+    #[test]
+    fn failed_health_checks_keep_a_backend_out_and_passing_ones_start_its_slow_start() {
+        let stats = BackendStats::default();
+        let window = Duration::from_secs(60);
+        assert_eq!(stats.slow_start(window), None);
+        assert!(stats.set_check_result(false));
+        assert!(!stats.set_check_result(false), "no flip, no log line");
+        assert!(!stats.is_up() && !stats.admit(Duration::from_secs(1)));
+        assert!(stats.set_check_result(true));
         assert!(stats.is_up());
+        let progress = stats.slow_start(window).unwrap();
+        assert!(progress < 0.1, "{progress}");
+        assert_eq!(stats.slow_start(Duration::ZERO), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod http_rules;
 mod limits;
 mod pki;
 mod plugin_failures;
+mod protocols;
 mod resilience;
 mod shutdown;
 mod strategies;

@@ -1,7 +1,8 @@
 //! Configuration: the TOML file as serde structs (every field documented with
 //! its default), then [`ConfigFile::validate`] into the run-time [`Config`].
 //! One file per section, each with its struct, its `validate()` and its tests:
-//! [`server`], [`plugins`], [`pools`], [`routes`]. This module is data: it
+//! [`server`], [`plugins`], [`pools`] (with its [`health`], [`retry`] and
+//! [`outlier`] tables), [`routes`], [`tls`]. This module is data: it
 //! depends on nothing else in the crate but the error type.
 //!
 //! ```toml
@@ -21,8 +22,11 @@
 //!
 //! Errors name the key path (`pools.web.backends[1].weight`) and the reason.
 
+mod health;
+mod outlier;
 mod plugins;
 mod pools;
+mod retry;
 mod routes;
 mod server;
 mod tls;
@@ -34,8 +38,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+pub use health::{CheckKind, HealthCheck, HealthSection, HttpCheck};
+pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
-pub use pools::{BackendConfig, BackendSection, PoolConfig, PoolSection, UpstreamTls};
+pub use pools::{
+    AllDown, BackendConfig, BackendSection, PoolConfig, PoolSection, Protocol, UpstreamTls,
+};
+pub use retry::{RetryPolicy, RetrySection};
 pub use routes::{Route, RouteSection};
 pub use server::{ForwardPath, ServerSection, ServerSettings};
 pub use tls::{

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::bounded_ms;
+use super::health::{HealthCheck, HealthSection};
+use super::outlier::{Ejection, OutlierSection};
+use super::retry::{RetryPolicy, RetrySection};
+use super::{bounded_ms, in_range};
 use crate::error::ConfigError;
 
 /// `[pools.NAME]`
@@ -68,6 +71,61 @@ pub struct PoolSection {
     /// How long an idle upstream connection is kept, ms. Default 60000.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// How backends are spoken to: `"http1"`, `"h2c"` (HTTP/2 without TLS,
+    /// prior knowledge) or `"h2"` (HTTP/2 over TLS, by ALPN; needs `tls`).
+    /// Default `"http1"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// HTTP/2: the most requests in flight on one backend connection; one
+    /// more opens another connection. Default 100.
+    #[serde(default = "default_streams")]
+    pub max_streams_per_connection: u32,
+    /// A backend that comes back (after an ejection or failed health checks)
+    /// gets a share of requests that grows from nothing to its full share
+    /// over this long, ms; 0: full share at once. Default 0.
+    #[serde(default)]
+    pub slow_start_ms: u64,
+    /// When every candidate is down or unhealthy: `"fail-open"` tries them
+    /// anyway; `"503"` answers 503 at once. Default `"fail-open"`.
+    #[serde(default = "default_all_down")]
+    pub when_all_down: String,
+    /// Active health checks. Default none.
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+    /// The retry policy. Default: see [`RetrySection`].
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Ejection beyond `max_fails`/`fail_timeout_ms`. Default: see
+    /// [`OutlierSection`].
+    #[serde(default)]
+    pub outlier: OutlierSection,
+}
+
+/// How backends are spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, one request per connection at a time.
+    Http1,
+    /// HTTP/2 in clear text with prior knowledge.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+}
+
+impl Protocol {
+    /// Whether this is HTTP/2 (either way).
+    pub fn is_h2(self) -> bool {
+        self != Protocol::Http1
+    }
+}
+
+/// What a pool does when every candidate is down or unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Try them anyway.
+    FailOpen,
+    /// Answer 503 without trying.
+    Refuse,
 }
 
 /// `[pools.NAME.tls]`: HTTPS to the backends.
@@ -128,6 +186,15 @@ fn default_max_idle() -> usize {
 }
 fn default_idle_timeout() -> u64 {
     60_000
+}
+fn default_protocol() -> String {
+    "http1".into()
+}
+fn default_streams() -> u32 {
+    100
+}
+fn default_all_down() -> String {
+    "fail-open".into()
 }
 
 /// One backend: `"127.0.0.1:9001"` or `{ address = "...", weight = 2, labels = { zone = "a" } }`.
@@ -212,16 +279,26 @@ pub struct PoolConfig {
     pub max_connections_per_backend: u32,
     /// See [`PoolSection::retries`].
     pub retries: u32,
-    /// See [`PoolSection::max_fails`].
-    pub max_fails: u32,
-    /// See [`PoolSection::fail_timeout_ms`].
-    pub fail_timeout: Duration,
+    /// When to eject (with `max_fails` and `fail_timeout_ms`).
+    pub ejection: Ejection,
     /// See [`PoolSection::max_idle_per_backend`].
     pub max_idle_per_backend: usize,
     /// See [`PoolSection::idle_timeout_ms`].
     pub idle_timeout: Duration,
     /// See [`PoolSection::tls`].
     pub tls: Option<UpstreamTls>,
+    /// See [`PoolSection::protocol`].
+    pub protocol: Protocol,
+    /// See [`PoolSection::max_streams_per_connection`].
+    pub max_streams_per_connection: u32,
+    /// See [`PoolSection::slow_start_ms`].
+    pub slow_start: Duration,
+    /// See [`PoolSection::when_all_down`].
+    pub when_all_down: AllDown,
+    /// See [`PoolSection::health`].
+    pub health: Option<HealthCheck>,
+    /// See [`PoolSection::retry`].
+    pub retry: RetryPolicy,
 }
 
 /// A validated backend.
@@ -289,6 +366,7 @@ pub(super) fn validate_pool(
     }
     const DAY_MS: u64 = 86_400_000;
     let ms = |name: &str, value: u64, max: u64| bounded_ms(&format!("{key}.{name}"), value, 1, max);
+    let ms_of = ms;
     let connect_timeout = ms("connect_timeout_ms", pool.connect_timeout_ms, 3_600_000)?;
     let response_timeout = ms("response_timeout_ms", pool.response_timeout_ms, DAY_MS)?;
     let read_timeout = ms("read_timeout_ms", pool.read_timeout_ms, DAY_MS)?;
@@ -333,6 +411,58 @@ pub(super) fn validate_pool(
             },
         }),
     };
+    let protocol = match pool.protocol.as_str() {
+        "http1" => Protocol::Http1,
+        "h2c" if tls.is_none() => Protocol::H2c,
+        "h2" if tls.is_some() => Protocol::H2,
+        "h2c" => {
+            return Err(ConfigError::at(
+                format!("{key}.protocol"),
+                "\"h2c\" is HTTP/2 without TLS, but the pool has [tls]; use \"h2\"",
+            ));
+        }
+        "h2" => {
+            return Err(ConfigError::at(
+                format!("{key}.protocol"),
+                "\"h2\" is HTTP/2 over TLS: add [pools.NAME.tls], or use \"h2c\" for clear text",
+            ));
+        }
+        other => {
+            return Err(ConfigError::at(
+                format!("{key}.protocol"),
+                format!("{other:?} is not a protocol; use \"http1\", \"h2c\" or \"h2\""),
+            ));
+        }
+    };
+    let when_all_down = match pool.when_all_down.as_str() {
+        "fail-open" => AllDown::FailOpen,
+        "503" => AllDown::Refuse,
+        other => {
+            return Err(ConfigError::at(
+                format!("{key}.when_all_down"),
+                format!("{other:?} is not a choice; use \"fail-open\" or \"503\""),
+            ));
+        }
+    };
+    let slow_start = match pool.slow_start_ms {
+        0 => Duration::ZERO,
+        ms => ms_of("slow_start_ms", ms, DAY_MS)?,
+    };
+    let ejection =
+        pool.outlier
+            .validate(&format!("{key}.outlier"), pool.max_fails, fail_timeout)?;
+    let health = pool
+        .health
+        .as_ref()
+        .map(|h| h.validate(&format!("{key}.health")))
+        .transpose()?;
+    let retry = pool.retry.validate(&format!("{key}.retry"))?;
+    let max_streams_per_connection = in_range(
+        &format!("{key}.max_streams_per_connection"),
+        pool.max_streams_per_connection,
+        1,
+        10_000,
+    )?;
     let strategy_config = serde_json::to_string(&pool.strategy_config)
         .map_err(|e| ConfigError::at(format!("{key}.strategy_config"), e.to_string()))?;
     Ok(PoolConfig {
@@ -346,11 +476,16 @@ pub(super) fn validate_pool(
         send_timeout,
         max_connections_per_backend: pool.max_connections_per_backend,
         retries: pool.retries,
-        max_fails: pool.max_fails,
-        fail_timeout,
+        ejection,
         max_idle_per_backend: pool.max_idle_per_backend,
         idle_timeout,
         tls,
+        protocol,
+        max_streams_per_connection,
+        slow_start,
+        when_all_down,
+        health,
+        retry,
     })
 }
 
@@ -403,5 +538,63 @@ mod tests {
             key("backends = [\"127.0.0.1:1\"]\nconnect_timeout_ms = 0"),
             "pools.web.connect_timeout_ms"
         );
+    }
+
+    #[test]
+    fn the_protocol_must_match_the_pools_tls() {
+        let key = |t: &str| pool(t).unwrap_err().key().unwrap().to_string();
+        let one = "backends = [\"127.0.0.1:1\"]\n";
+        assert_eq!(pool(one).unwrap().protocol, Protocol::Http1);
+        assert_eq!(
+            pool(&format!("{one}protocol = \"h2c\"")).unwrap().protocol,
+            Protocol::H2c
+        );
+        assert_eq!(
+            key(&format!("{one}protocol = \"h2\"")),
+            "pools.web.protocol"
+        );
+        assert_eq!(
+            key(&format!("{one}protocol = \"h2c\"\n[tls]")),
+            "pools.web.protocol"
+        );
+        assert_eq!(
+            pool(&format!("{one}protocol = \"h2\"\n[tls]"))
+                .unwrap()
+                .protocol,
+            Protocol::H2
+        );
+        assert_eq!(
+            key(&format!("{one}protocol = \"spdy\"")),
+            "pools.web.protocol"
+        );
+    }
+
+    #[test]
+    fn health_retry_and_outlier_sections_are_checked_under_the_pools_key() {
+        let key = |t: &str| pool(t).unwrap_err().key().unwrap().to_string();
+        let one = "backends = [\"127.0.0.1:1\"]\n";
+        assert_eq!(
+            key(&format!("{one}when_all_down = \"panic\"")),
+            "pools.web.when_all_down"
+        );
+        assert_eq!(
+            key(&format!("{one}[health]\nrise = 0")),
+            "pools.web.health.rise"
+        );
+        assert_eq!(
+            key(&format!("{one}[retry]\non_statuses = [200]")),
+            "pools.web.retry.on_statuses"
+        );
+        assert_eq!(
+            key(&format!("{one}[outlier]\nmax_ejected_percent = 101")),
+            "pools.web.outlier.max_ejected_percent"
+        );
+        let p = pool(&format!(
+            "{one}slow_start_ms = 5000\n[health]\ntype = \"tcp\""
+        ))
+        .unwrap();
+        assert_eq!(p.slow_start, Duration::from_secs(5));
+        assert!(p.health.is_some());
+        assert_eq!(p.when_all_down, AllDown::FailOpen);
     }
 }

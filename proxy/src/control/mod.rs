@@ -1,8 +1,10 @@
 //! The control plane: what changes while Veer runs. [`registry`] knows the
 //! plugins by name and builds the run-time state from a configuration;
 //! [`reload`] watches the plugin folder and the configuration file and swaps
-//! new state in. Nothing here is on the request path.
+//! new state in; [`health`] runs active health checks; [`acme`] obtains
+//! certificates. Nothing here is on the request path.
 
 pub mod acme;
+pub mod health;
 pub mod registry;
 pub mod reload;

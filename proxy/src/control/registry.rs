@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, PluginSettings};
 use crate::error::{ConfigError, PluginError};
+use crate::http::RetryBudget;
 use crate::plugin::balancer::{Balancer, BalancerSettings};
 use crate::plugin::{self, BackendInfo, Plugin};
 use crate::state::{Pool, State};
@@ -297,7 +298,7 @@ impl Registry {
             let tls = pool
                 .tls
                 .as_ref()
-                .map(|tls| TlsClient::new(tls, &pool.backends))
+                .map(|tls| TlsClient::new(tls, &pool.backends, pool.protocol))
                 .transpose()
                 .map_err(|reason| ConfigError::at(format!("{key}.tls"), reason))?;
             pools.push(Arc::new(Pool {
@@ -305,6 +306,7 @@ impl Registry {
                 stats,
                 balancer,
                 tls,
+                budget: RetryBudget::new(&pool.retry, config.server.workers),
             }));
         }
         Ok(State {

@@ -1,25 +1,33 @@
 //! The attempt loop: tries a request on the pool's candidates in order until
-//! one answers, deciding after each failure whether trying again is safe.
+//! one answers, deciding after each failure whether trying again is safe and
+//! allowed (NGINX `proxy_next_upstream`, HAProxy `retry-on`).
 //!
 //! - Nothing reached the backend (no connection, connection closed before
 //!   the request was written, backend at its connection cap): the same
-//!   request, body and all, goes to the next candidate.
+//!   request, body and all, goes to the next candidate, whatever its method.
 //! - A pooled connection closed after the request went out but before any
 //!   response byte (the backend closed an idle keep-alive connection just as
-//!   it was reused): a request without a body and with an idempotent method
-//!   is sent once more on a fresh connection to the same backend. That does
-//!   not count against `retries` or the backend's health.
-//! - The request went out on a fresh connection and no response came: an
-//!   idempotent request without a body goes to the next candidate; anything
-//!   else gets 502.
-//! - Timeouts: the response timer runs from the end of the request body
-//!   (504); a backend that stops taking the body for `send_timeout_ms` gets
-//!   504; a client that stops sending it gets 408 — never counted against a
+//!   it was reused): a replayable request (below) is sent once more on a
+//!   fresh connection to the same backend. That does not count against
+//!   `retries`, the budget or the backend's health.
+//! - The request went out and the connection was reset, the backend sent
+//!   garbage, or no response head came within `response_timeout_ms` (per
+//!   try), or the response's status is in `retry.on_statuses`: a replayable
+//!   request goes to the next candidate if the policy allows (`on_reset`,
+//!   `on_timeout`), the retry budget has room and `retry.total_timeout_ms`
+//!   has not passed. Replayable: an idempotent method (or
+//!   `retry.non_idempotent`), and a body that was empty or kept whole (up to
+//!   `retry.replay_body_bytes`). When no retry is possible, a status answer
+//!   is passed on as it is; a failure becomes 502 (504 for a timeout).
+//! - A backend that stops taking the body for `send_timeout_ms` gets 504; a
+//!   client that stops sending it gets 408 — never counted against a
 //!   backend.
 //!
-//! After `fail_timeout`, a down backend is tried by exactly one request (an
-//! atomic claim in [`crate::stats::BackendStats::admit`]); the others keep
-//! skipping it until that probe succeeds.
+//! Retries walk the plugin's candidate list; the plugin is not called again.
+//! Backends that are down (ejected, or failing health checks) are skipped;
+//! after its ejection an ejected backend is tried by exactly one request (an
+//! atomic claim in [`crate::stats::BackendStats::admit`]). When every
+//! candidate is down, `when_all_down` decides: try them anyway, or 503.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,15 +37,16 @@ use http::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
 use super::body::{ClientBodyFailure, Progress, ProxyBody, RequestBody, message};
-use super::rewrite;
+use super::{policy, rewrite};
+use crate::config::AllDown;
 use crate::state::{Pool, Shared};
-use crate::stats::{Metrics, now_ms};
+use crate::stats::{BackendStats, Metrics, now_ms};
 use crate::upstream::{
     self, Connection, Exchange, RetrySafety, SendFailure, Target, UpstreamBody, UpstreamError,
 };
 
 /// Methods whose requests may be replayed (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
+pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
@@ -57,6 +66,25 @@ pub(super) struct Outgoing {
     pub client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<super::ConnSlot>)>,
 }
 
+/// What sends the request again after it went out: its head, and the kept
+/// body (see the module docs).
+struct Replay<'a> {
+    parts: Option<Parts>,
+    progress: Option<&'a Progress>,
+}
+
+impl Replay<'_> {
+    /// The request again, or `None` when it cannot be replayed.
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let parts = self.parts.as_ref()?;
+        let body = match self.progress {
+            None => RequestBody::Empty,
+            Some(progress) => progress.replay()?,
+        };
+        Some(Request::from_parts(parts.clone(), body))
+    }
+}
+
 /// Tries the request on `candidates` in order (see the module docs); the
 /// response of the first that answers streams back.
 pub(super) async fn forward(
@@ -73,17 +101,34 @@ pub(super) async fn forward(
         mut client_upgrade,
     } = outgoing;
     let config = &pool.config;
-    // A request without a body and with an idempotent method can be sent
-    // again after it went out: keep its head for that.
-    let replay =
-        (matches!(body, RequestBody::Empty) && is_idempotent(&parts.method)).then(|| parts.clone());
+    let retry = &config.retry;
+    pool.budget.deposit();
+    let may_repeat = is_idempotent(&parts.method) || retry.non_idempotent;
+    let replay = Replay {
+        parts: may_repeat.then(|| parts.clone()),
+        progress: progress.as_deref(),
+    };
+    let candidates = policy::slow_start(candidates, &pool.stats, config.slow_start);
     let mut request = Some(Request::from_parts(parts, body));
     let all_down = candidates
         .iter()
         .all(|&id| !pool.stats[id as usize].is_up());
+    if all_down && config.when_all_down == AllDown::Refuse {
+        Metrics::inc(&ctx.metrics.service_unavailable);
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "veer: every backend of pool {} is down or failing its health checks\n",
+                config.name
+            ),
+        );
+    }
+    let first_try = Instant::now();
     let mut attempts = 0u32;
     let mut at_capacity = 0u32;
     let mut last_error: Option<UpstreamError> = None;
+    // A retryable status answer, passed on if no further attempt happens.
+    let mut held: Option<Response<ProxyBody>> = None;
     // First pass: backends marked down are skipped (but for the one request
     // that wins a probe). If that admits none, every candidate is down: a
     // second pass tries them anyway rather than answer without trying.
@@ -99,27 +144,40 @@ pub(super) async fn forward(
             break;
         }
         let stats = &pool.stats[id as usize];
-        if !anyway && !stats.admit(config.fail_timeout) {
+        if !anyway && !stats.admit(config.ejection.base) {
             continue;
         }
-        let Some(next) = request.take().or_else(|| replayed(&replay)) else {
-            break;
+        let next = match request.take() {
+            // Nothing of it was sent yet: any request may go.
+            Some(next) => next,
+            // It went out before: a retry proper, within the policy.
+            None => {
+                if retry
+                    .total_timeout
+                    .is_some_and(|limit| first_try.elapsed() >= limit)
+                {
+                    break;
+                }
+                let Some(again) = replay.request() else { break };
+                if !pool.budget.withdraw() {
+                    Metrics::inc(&ctx.metrics.retry_budget_exhausted);
+                    break;
+                }
+                again
+            }
         };
         let backend = &config.backends[id as usize];
-        let target = Target {
-            addr: backend.addr,
-            tls: pool.tls.as_ref().map(|client| (client, id as usize)),
-            connect_timeout: config.connect_timeout,
-            max_idle: config.max_idle_per_backend,
-            idle_timeout: config.idle_timeout,
-        };
+        let target = pool.target(id as usize);
         let Some(in_flight) = stats.try_start_request(config.max_connections_per_backend) else {
             at_capacity += 1;
-            if request.is_none() {
-                request = Some(next);
-            }
+            request = Some(next);
             continue;
         };
+        if attempts > 0 {
+            Metrics::inc(&ctx.metrics.retries);
+        }
+        attempts += 1;
+        held = None;
         let started = Instant::now();
         let mut outcome = exchange(
             ctx,
@@ -135,7 +193,7 @@ pub(super) async fn forward(
             error: UpstreamError::SentNoResponse { reused: true, .. },
             ..
         }) = &outcome
-            && let Some(again) = replayed(&replay)
+            && let Some(again) = replay.request()
         {
             Metrics::inc(&ctx.metrics.fresh_connection_retries);
             outcome = exchange(
@@ -151,14 +209,14 @@ pub(super) async fn forward(
         }
         let failure = match outcome {
             Ok(exchange) => {
-                if attempts > 0 {
-                    Metrics::inc(&ctx.metrics.retries);
-                }
                 stats.record_latency(started.elapsed());
-                if stats.record_success() {
-                    tracing::info!(pool = %config.name, backend = %backend.address, "backend is up again");
+                let status = exchange.response.status();
+                if config.ejection.counts_status(status.as_u16()) {
+                    backend_failed(ctx, pool, id, stats, &format!("answered {status}"));
+                } else if stats.record_success() {
+                    tracing::info!(pool = %config.name, backend = %backend.address, "backend is back");
                 }
-                if exchange.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
                     return switch_protocols(ctx, tracker, pool, exchange, client_upgrade.take());
                 }
                 let mut response = UpstreamBody::wrap(
@@ -169,32 +227,41 @@ pub(super) async fn forward(
                 )
                 .map(ProxyBody::Upstream);
                 rewrite::strip_hop_by_hop(response.headers_mut());
+                if may_repeat && retry.retries_status(status.as_u16()) {
+                    // Try the next candidate; this answer stands if none.
+                    held = Some(response);
+                    continue;
+                }
                 return response;
             }
             Err(failure) => failure,
         };
+        drop(in_flight);
         // The client's fault is the client's answer, whatever the backend did.
         if let Some(failed) = progress.as_ref().and_then(|p| p.failure()) {
             return client_failed(ctx, failed);
         }
-        if attempts > 0 {
-            Metrics::inc(&ctx.metrics.retries);
-        }
-        attempts += 1;
         if let UpstreamError::Connect { .. } = failure.error {
             Metrics::inc(&ctx.metrics.upstream_connect_errors);
         }
-        if failure.error.counts_as_backend_failure()
-            && stats.record_failure(config.max_fails, config.fail_timeout)
-        {
-            tracing::warn!(pool = %config.name, backend = %backend.address, "backend marked down for {:?}: {}", config.fail_timeout, failure.error);
+        if failure.error.counts_as_backend_failure() {
+            backend_failed(ctx, pool, id, stats, &failure.error.to_string());
         }
+        let allowed = match &failure.error {
+            UpstreamError::TimedOut { .. } => retry.on_timeout,
+            _ => retry.on_reset,
+        };
         match failure.error.retry_safety() {
             RetrySafety::NothingSent => request = failure.unsent.map(|r| *r),
-            RetrySafety::IfReplayable if replay.is_some() => {}
-            _ => return upstream_failed(ctx, &config.name, &failure.error),
+            RetrySafety::IfReplayable if allowed && replay.parts.is_some() => {}
+            RetrySafety::IfReplayable => {
+                return upstream_failed(ctx, &config.name, &failure.error);
+            }
         }
         last_error = Some(failure.error);
+    }
+    if let Some(response) = held {
+        return response;
     }
     if attempts == 0 && at_capacity > 0 {
         Metrics::inc(&ctx.metrics.service_unavailable);
@@ -205,6 +272,11 @@ pub(super) async fn forward(
                 config.name, config.max_connections_per_backend
             ),
         );
+    }
+    if let Some(error) = &last_error
+        && matches!(error, UpstreamError::TimedOut { .. })
+    {
+        return upstream_failed(ctx, &config.name, error);
     }
     Metrics::inc(&ctx.metrics.bad_gateway);
     let reason = last_error.map_or_else(
@@ -218,6 +290,15 @@ pub(super) async fn forward(
             config.name
         ),
     )
+}
+
+/// Counts a failure against backend `id`; logs when that ejects it.
+fn backend_failed(ctx: &Shared, pool: &Pool, id: u32, stats: &BackendStats, what: &str) {
+    if let Some(length) = stats.record_failure(&pool.config.ejection, &pool.stats) {
+        Metrics::inc(&ctx.metrics.ejections);
+        let backend = &pool.config.backends[id as usize];
+        tracing::warn!(pool = %pool.config.name, backend = %backend.address, "backend ejected for {length:?}: {what}");
+    }
 }
 
 /// A backend's `101 Switching Protocols`: both connections become a tunnel
@@ -258,13 +339,6 @@ fn switch_protocols(
         drop(slot);
     });
     response.map(|_| ProxyBody::Message(None))
-}
-
-/// The request again, from its kept head (only for replayable requests).
-fn replayed(replay: &Option<Parts>) -> Option<Request<RequestBody>> {
-    replay
-        .as_ref()
-        .map(|parts| Request::from_parts(parts.clone(), RequestBody::Empty))
 }
 
 /// One send to one backend, under the pool's timers.

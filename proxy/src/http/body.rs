@@ -6,11 +6,14 @@
 //! backend that stops reading it is timed out), and whether the *client*
 //! failed it (stalled past `client_body_timeout_ms`: 408; malformed, e.g. a
 //! bad chunk size: 400; larger than `max_body_bytes`: 413), so that a
-//! client's fault is never counted against a backend.
+//! client's fault is never counted against a backend. When the request may
+//! be retried, the body's frames are also kept (up to a size) so a failed
+//! attempt can be replayed on the next backend.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,6 +83,16 @@ pub struct Progress {
     failure: AtomicU8,
     /// Woken when the body ends or fails.
     changed: Notify,
+    /// The frames handed on so far, for a replay; `None` once larger than
+    /// the pool's `retry.replay_body_bytes` (or when nothing is kept).
+    kept: Mutex<Option<Kept>>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    frames: Vec<Frame<Bytes>>,
+    bytes: u64,
+    limit: u64,
 }
 
 impl Progress {
@@ -112,6 +125,51 @@ impl Progress {
         notified.await;
     }
 
+    /// The whole body again, for another attempt: only once it has been
+    /// read to its end and was small enough to keep.
+    pub fn replay(&self) -> Option<RequestBody> {
+        if !self.is_done() || self.failure().is_some() {
+            return None;
+        }
+        let kept = self.kept.lock().ok()?;
+        let kept = kept.as_ref()?;
+        let frames = kept
+            .frames
+            .iter()
+            .map(|f| match f.data_ref() {
+                Some(data) => Frame::data(data.clone()),
+                None => Frame::trailers(f.trailers_ref().cloned().unwrap_or_default()),
+            })
+            .collect();
+        Some(RequestBody::Replayed(Box::new(Replayed {
+            frames,
+            length: kept.bytes,
+        })))
+    }
+
+    /// Keeps a copy of `frame` while the body stays within its limit.
+    fn keep(&self, frame: &Frame<Bytes>) {
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        let Some(k) = kept.as_mut() else { return };
+        let copy = match frame.data_ref() {
+            Some(data) => {
+                k.bytes += data.len() as u64;
+                Frame::data(data.clone())
+            }
+            None => match frame.trailers_ref() {
+                Some(trailers) => Frame::trailers(trailers.clone()),
+                None => return,
+            },
+        };
+        if k.bytes > k.limit {
+            *kept = None;
+        } else {
+            k.frames.push(copy);
+        }
+    }
+
     fn fail(&self, failure: ClientBodyFailure) -> ClientBodyError {
         self.failure.store(failure as u8, Relaxed);
         self.changed.notify_waiters();
@@ -137,6 +195,14 @@ pub enum RequestBody {
     Empty,
     /// The client's body, streamed as it arrives.
     Streaming(Box<Streaming>),
+    /// A kept body sent again (see [`Progress::replay`]).
+    Replayed(Box<Replayed>),
+}
+
+/// A kept body being sent again.
+pub struct Replayed {
+    frames: VecDeque<Frame<Bytes>>,
+    length: u64,
 }
 
 /// The state of a streaming request body.
@@ -152,17 +218,26 @@ pub struct Streaming {
 
 impl RequestBody {
     /// Wraps the client's body: [`RequestBody::Empty`] when it has none.
-    /// Returns the progress to watch for a streaming one.
+    /// Returns the progress to watch for a streaming one. Up to `keep` bytes
+    /// are kept for a replay (0: none).
     pub fn new(
         inner: Incoming,
         idle: Duration,
         limit: Option<u64>,
+        keep: u64,
     ) -> (RequestBody, Option<Arc<Progress>>) {
         if inner.is_end_stream() {
             return (RequestBody::Empty, None);
         }
         let progress = Arc::new(Progress::default());
         progress.last_frame_ms.store(now_ms(), Relaxed);
+        let fits = inner.size_hint().upper().is_none_or(|n| n <= keep);
+        if keep > 0 && fits {
+            *progress.kept.lock().expect("new") = Some(Kept {
+                limit: keep,
+                ..Kept::default()
+            });
+        }
         let body = Streaming {
             inner,
             progress: progress.clone(),
@@ -185,6 +260,7 @@ impl Body for RequestBody {
         let body = match self.get_mut() {
             RequestBody::Empty => return Poll::Ready(None),
             RequestBody::Streaming(body) => &mut **body,
+            RequestBody::Replayed(body) => return Poll::Ready(body.frames.pop_front().map(Ok)),
         };
         let progress = &body.progress;
         match Pin::new(&mut body.inner).poll_frame(cx) {
@@ -198,6 +274,7 @@ impl Body for RequestBody {
                 if progress.waiting_on_client.swap(false, Relaxed) {
                     progress.changed.notify_waiters();
                 }
+                progress.keep(&frame);
                 progress.last_frame_ms.store(now_ms(), Relaxed);
                 body.stall.progressed();
                 if body.inner.is_end_stream() {
@@ -229,6 +306,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Streaming(body) => body.inner.is_end_stream(),
+            RequestBody::Replayed(body) => body.frames.is_empty(),
         }
     }
 
@@ -236,6 +314,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Streaming(body) => body.inner.size_hint(),
+            RequestBody::Replayed(body) => SizeHint::with_exact(body.length),
         }
     }
 }

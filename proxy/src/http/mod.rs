@@ -5,12 +5,14 @@
 //! Files: `authority` (the one host a request is for), `path` (normalised
 //! paths and segment-boundary prefixes), `rewrite` (hop-by-hop headers,
 //! cookies, `X-Forwarded-*`), `attempt` (candidates, retries, timeouts),
-//! `body` (bodies both ways).
+//! `body` (bodies both ways), `policy` (slow start, retry budget), `tunnel`
+//! (upgraded connections).
 
 mod attempt;
 mod authority;
 pub mod body;
 mod path;
+mod policy;
 pub mod rewrite;
 mod tunnel;
 
@@ -28,6 +30,7 @@ use crate::state::Shared;
 use crate::stats::Metrics;
 use body::{ProxyBody, RequestBody, message};
 pub use path::under as path_under;
+pub use policy::RetryBudget;
 
 /// What a request knows of the connection it came on.
 #[derive(Debug)]
@@ -254,7 +257,15 @@ pub async fn handle(
     }
     parts.version = Version::HTTP_11;
     drop(state);
-    let (body, progress) = RequestBody::new(body, client_body_timeout, max_body_bytes);
+    // A request the retry policy may send again keeps its body (up to a
+    // size) while it streams.
+    let retry = &pool.config.retry;
+    let keep = if attempt::is_idempotent(&parts.method) || retry.non_idempotent {
+        retry.replay_body_bytes
+    } else {
+        0
+    };
+    let (body, progress) = RequestBody::new(body, client_body_timeout, max_body_bytes, keep);
 
     let mut response = attempt::forward(
         ctx,

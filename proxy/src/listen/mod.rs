@@ -233,6 +233,11 @@ impl Server {
             ))),
             _ => None,
         };
+        // Active health checks: one task, stopped with the rest.
+        let health = tokio::spawn(crate::control::health::run(
+            self.shared.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(
             addr = %self.local_addr,
             workers = server.workers,
@@ -262,6 +267,7 @@ impl Server {
         if let Some(acme) = acme {
             let _ = acme.await;
         }
+        let _ = health.await;
         for rx in finished {
             let _ = rx.await;
         }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::Exchange;
-use super::pool::{Returner, give_back};
+use super::pool::{Lease, give_back};
 use crate::stall::StallTimer;
 use crate::stats::{InFlight, Metrics};
 
@@ -44,7 +44,7 @@ impl std::error::Error for ResponseBodyError {}
 /// A backend's response body (see the module docs).
 pub struct UpstreamBody {
     inner: Incoming,
-    returner: Option<Returner>,
+    returner: Option<Lease>,
     done: bool,
     /// Fires after `read_timeout_ms` without a frame from the backend.
     stall: StallTimer,
@@ -60,7 +60,10 @@ impl UpstreamBody {
         read_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Response<UpstreamBody> {
-        let Exchange { response, returner } = exchange;
+        let Exchange {
+            response,
+            lease: returner,
+        } = exchange;
         response.map(|inner| UpstreamBody {
             inner,
             returner: Some(returner),
@@ -74,7 +77,7 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(returner) = self.returner.take()
+        if let Some(Lease::H1(returner)) = self.returner.take()
             && (self.done || self.inner.is_end_stream())
         {
             give_back(returner);

@@ -4,8 +4,9 @@
 //! possibly act on the request? Not if no connection was made, or the
 //! connection closed before the request was written: any request can then go
 //! to the next candidate, body and all. If the request was sent and the
-//! connection failed before any response byte, only a request that can be
-//! replayed (no body) with an idempotent method may be sent again. Once a
+//! connection failed, or timed out, before any response byte, only a request
+//! that can be replayed (its body was kept) may be sent again, and the pool's
+//! retry policy decides which (by default: idempotent methods). Once a
 //! response has started, nothing can be retried.
 
 use std::fmt;
@@ -81,11 +82,10 @@ pub enum ConnectFailure {
 pub enum RetrySafety {
     /// Nothing reached the backend: safe for any request.
     NothingSent,
-    /// The backend may have received the request: safe only to replay an
-    /// idempotent request without a body.
+    /// The backend may have received the request (reset, garbage or no
+    /// answer in time): safe only to replay a request the retry policy
+    /// allows (by default, an idempotent one) whose body was kept.
     IfReplayable,
-    /// Not safe (a timeout after the request went out, a bad response).
-    Never,
 }
 
 impl UpstreamError {
@@ -95,10 +95,9 @@ impl UpstreamError {
             UpstreamError::Connect { .. } | UpstreamError::ClosedBeforeSend { .. } => {
                 RetrySafety::NothingSent
             }
-            UpstreamError::SentNoResponse { .. } => RetrySafety::IfReplayable,
-            UpstreamError::InvalidResponse { .. } | UpstreamError::TimedOut { .. } => {
-                RetrySafety::Never
-            }
+            UpstreamError::SentNoResponse { .. }
+            | UpstreamError::InvalidResponse { .. }
+            | UpstreamError::TimedOut { .. } => RetrySafety::IfReplayable,
         }
     }
 

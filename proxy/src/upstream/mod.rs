@@ -1,18 +1,23 @@
-//! Upstream HTTP/1.1 connections: a keep-alive pool per worker thread, and
-//! sending a request so that, when nothing reached the backend, the request
-//! comes back intact for the next candidate (safe to retry for any method,
-//! body included, because not a byte of it was read).
+//! Upstream connections: HTTP/1.1 with a keep-alive pool per worker thread,
+//! or HTTP/2 (`h2c`, or `h2` over TLS) with a per-worker pool of shared
+//! connections; and sending a request so that, when nothing reached the
+//! backend, the request comes back intact for the next candidate (safe to
+//! retry for any method, body included, because not a byte of it was read).
 //!
-//! A connection returns to the pool when the response body has been read to
-//! its end ([`UpstreamBody`]); a response dropped early closes its
-//! connection, as it must.
+//! An HTTP/1.1 connection returns to the pool when the response body has
+//! been read to its end ([`UpstreamBody`]); a response dropped early closes
+//! its connection, as it must. An HTTP/2 stream frees its place on its
+//! connection when its response is done or dropped.
 //!
-//! Files: `pool` (idle connections, per worker), `body` (the response body
-//! that returns its connection when read to the end, with a read timer),
-//! `error` (what failed, and whether a retry is safe).
+//! Files: `pool` (idle HTTP/1.1 connections, per worker), `h2` (HTTP/2
+//! connections, per worker, with a cap on streams each), `body` (the
+//! response body that returns its connection when read to the end, with a
+//! read timer), `error` (what failed, and whether a retry is safe), `tls`
+//! (the client side of HTTPS to backends).
 
 mod body;
 mod error;
+mod h2;
 mod pool;
 mod tls;
 
@@ -28,11 +33,13 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Protocol;
 use crate::http::body::RequestBody;
 use crate::stats::Metrics;
 pub use body::UpstreamBody;
 pub use error::{ConnectFailure, RetrySafety, UpstreamError};
-use pool::{Returner, Sender, checkout};
+pub use h2::Tracked;
+use pool::{Lease, Returner, Sender, checkout};
 pub use pool::{drain, sweep_idle};
 pub use tls::TlsClient;
 
@@ -49,6 +56,10 @@ pub struct Target<'a> {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// How the backend is spoken to.
+    pub protocol: Protocol,
+    /// HTTP/2: the most streams in flight on one connection.
+    pub max_streams: u32,
 }
 
 /// A failed send: what happened, and the request when nothing of it was
@@ -64,7 +75,7 @@ pub struct SendFailure {
 pub struct Exchange {
     /// The backend's response (head read, body still streaming).
     pub response: Response<Incoming>,
-    returner: Returner,
+    lease: Lease,
 }
 
 impl Exchange {
@@ -92,6 +103,9 @@ pub async fn send(
     tracker: &TaskTracker,
     metrics: &Metrics,
 ) -> Result<Exchange, SendFailure> {
+    if target.protocol.is_h2() {
+        return h2::send(target, request, which, tracker, metrics).await;
+    }
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
     let pooled = || match which {
@@ -110,10 +124,10 @@ pub async fn send(
             Ok(response) => {
                 return Ok(Exchange {
                     response,
-                    returner: Returner {
+                    lease: Lease::H1(Returner {
                         sender,
                         slot: target.slot(),
-                    },
+                    }),
                 });
             }
             Err(mut e) => match e.take_message() {
@@ -143,10 +157,10 @@ pub async fn send(
     match sender.try_send_request(request).await {
         Ok(response) => Ok(Exchange {
             response,
-            returner: Returner {
+            lease: Lease::H1(Returner {
                 sender,
                 slot: target.slot(),
-            },
+            }),
         }),
         Err(mut e) => match e.take_message() {
             Some(unsent) => Err(SendFailure {
@@ -196,9 +210,13 @@ impl Target<'_> {
     }
 }
 
-/// Connects (TCP, then TLS for an HTTPS backend, both within
-/// `connect_timeout`) and starts an HTTP/1.1 connection.
-async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, ConnectFailure> {
+/// A connection to a backend: TCP, or TLS over TCP.
+pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// Connects: TCP, then TLS for an HTTPS backend, both within
+/// `connect_timeout`. For an `h2` pool the backend must agree to HTTP/2 in
+/// ALPN.
+pub async fn connect_stream(target: Target<'_>) -> Result<Stream, ConnectFailure> {
     let connecting = async {
         let stream = TcpStream::connect(target.addr)
             .await
@@ -213,13 +231,25 @@ async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, Co
                     .connect(name.clone(), stream)
                     .await
                     .map_err(ConnectFailure::Tls)?;
+                if target.protocol == Protocol::H2
+                    && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+                {
+                    return Err(ConnectFailure::Tls(std::io::Error::other(
+                        "the backend did not agree to HTTP/2 (ALPN h2); set the pool's protocol to \"http1\"",
+                    )));
+                }
                 Ok(Either::Right(Box::new(stream)))
             }
         }
     };
-    let stream = tokio::time::timeout(target.connect_timeout, connecting)
+    tokio::time::timeout(target.connect_timeout, connecting)
         .await
-        .map_err(|_| ConnectFailure::TimedOut(target.connect_timeout))??;
+        .map_err(|_| ConnectFailure::TimedOut(target.connect_timeout))?
+}
+
+/// Connects (see [`connect_stream`]) and starts an HTTP/1.1 connection.
+async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, ConnectFailure> {
+    let stream = connect_stream(target).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -44,6 +44,15 @@ pub(super) struct Returner {
     pub(super) slot: Slot,
 }
 
+/// What a response holds of its connection until its body is done.
+pub(super) enum Lease {
+    /// An HTTP/1.1 connection: back to the pool when the body was read to
+    /// its end, closed otherwise.
+    H1(Returner),
+    /// A stream of a shared HTTP/2 connection: freed when dropped.
+    H2(#[allow(dead_code, reason = "held for its Drop")] super::h2::StreamSlot),
+}
+
 pub(super) fn checkout(addr: Key) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
@@ -78,9 +87,15 @@ pub(super) fn give_back(returner: Returner) {
     });
 }
 
+/// Whether this worker is shutting down (nothing more is pooled).
+pub(super) fn draining() -> bool {
+    DRAINING.with(Cell::get)
+}
+
 /// Closes this worker's idle connections that have expired; all of them when
-/// `all` (at shutdown).
+/// `all` (at shutdown). HTTP/2 connections too.
 pub fn sweep_idle(all: bool) {
+    super::h2::sweep(all);
     let now = Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();

@@ -1,7 +1,7 @@
 //! HTTPS to backends: a rustls client per pool that verifies each backend's
 //! certificate against the system's roots (or a configured CA bundle) under
 //! the name it is reached by, optionally presenting a client certificate.
-//! ALPN offers `http/1.1` (HTTP/2 upstream is a later feature).
+//! ALPN offers `http/1.1`, or `h2` for a pool with `protocol = "h2"`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{BackendConfig, UpstreamTls};
+use crate::config::{BackendConfig, Protocol, UpstreamTls};
 use crate::listen::tls::{load_chain, load_roots};
 
 /// A pool's TLS client and the name each backend is verified under.
@@ -31,7 +31,11 @@ impl std::fmt::Debug for TlsClient {
 impl TlsClient {
     /// Builds the client for a pool; an error says which file or name is
     /// wrong.
-    pub fn new(tls: &UpstreamTls, backends: &[BackendConfig]) -> Result<TlsClient, String> {
+    pub fn new(
+        tls: &UpstreamTls,
+        backends: &[BackendConfig],
+        protocol: Protocol,
+    ) -> Result<TlsClient, String> {
         let roots = match &tls.ca {
             Some(ca) => load_roots(ca)?,
             None => {
@@ -62,7 +66,10 @@ impl TlsClient {
                     .map_err(|e| format!("the client certificate is not usable: {e}"))?
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match protocol {
+            Protocol::H2 => vec![b"h2".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
         let names = backends
             .iter()
             .map(|b| {

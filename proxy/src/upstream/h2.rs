@@ -1,0 +1,253 @@
+//! HTTP/2 to backends (`protocol = "h2c"` or `"h2"`): each worker keeps its
+//! own connections to each backend and sends many requests on each, at most
+//! `max_streams_per_connection` at a time; one more opens another
+//! connection. A stream's place is freed when its response is done or
+//! dropped ([`StreamSlot`]). Connections without streams for
+//! `idle_timeout_ms` are closed by the worker's sweep.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Uri, Version};
+use hyper::client::conn::http2;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use super::pool::{Key, Lease};
+use super::{Connection, Exchange, SendFailure, Target, UpstreamError, after_send, connect_stream};
+use crate::config::Protocol;
+use crate::http::body::RequestBody;
+use crate::stats::Metrics;
+
+type H2Sender = http2::SendRequest<RequestBody>;
+
+struct H2Conn {
+    sender: H2Sender,
+    /// Streams in flight on it.
+    streams: Arc<AtomicU32>,
+    /// When it last had no stream, for the idle sweep.
+    idle_since: Instant,
+    idle_timeout: std::time::Duration,
+}
+
+thread_local! {
+    /// This worker's HTTP/2 connections, by backend (and TLS name).
+    static CONNS: RefCell<HashMap<Key, Vec<H2Conn>>> = RefCell::new(HashMap::new());
+}
+
+/// One stream's place on a shared connection; freed on drop.
+pub struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Runs hyper's HTTP/2 connection tasks as tracked tasks.
+#[derive(Clone)]
+pub struct Tracked(pub TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
+/// Sends `request` on a connection of this worker with a free stream, or a
+/// new one.
+pub(super) async fn send(
+    target: Target<'_>,
+    request: Request<RequestBody>,
+    which: Connection,
+    tracker: &TaskTracker,
+    metrics: &Metrics,
+) -> Result<Exchange, SendFailure> {
+    let key = target.pool_key();
+    let mut request = for_h2(request, target.protocol);
+    if which == Connection::PooledOrNew {
+        while let Some((mut sender, slot)) = checkout(key, target.max_streams) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    return Ok(Exchange {
+                        response,
+                        lease: Lease::H2(slot),
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    // The connection went away before this stream opened:
+                    // try another.
+                    Some(unsent) => request = unsent,
+                    None => {
+                        return Err(SendFailure {
+                            error: after_send(target.addr, true, e.into_error()),
+                            unsent: None,
+                        });
+                    }
+                },
+            }
+        }
+    }
+    Metrics::inc(&metrics.upstream_connects);
+    let (mut sender, slot) = match connect(target, tracker).await {
+        Ok(fresh) => fresh,
+        Err(reason) => {
+            return Err(SendFailure {
+                error: UpstreamError::Connect {
+                    addr: target.addr,
+                    reason,
+                },
+                unsent: Some(Box::new(from_h2(request))),
+            });
+        }
+    };
+    match sender.try_send_request(request).await {
+        Ok(response) => Ok(Exchange {
+            response,
+            lease: Lease::H2(slot),
+        }),
+        Err(mut e) => match e.take_message() {
+            Some(unsent) => Err(SendFailure {
+                error: UpstreamError::ClosedBeforeSend {
+                    addr: target.addr,
+                    source: e.into_error(),
+                },
+                unsent: Some(Box::new(from_h2(unsent))),
+            }),
+            None => Err(SendFailure {
+                error: after_send(target.addr, false, e.into_error()),
+                unsent: None,
+            }),
+        },
+    }
+}
+
+/// A connection to `key` with a free stream, its place taken.
+fn checkout(key: Key, max_streams: u32) -> Option<(H2Sender, StreamSlot)> {
+    CONNS.with(|conns| {
+        let mut conns = conns.borrow_mut();
+        let list = conns.get_mut(&key)?;
+        list.retain(|c| !c.sender.is_closed());
+        let conn = list
+            .iter()
+            .filter(|c| c.sender.is_ready())
+            .find(|c| c.streams.load(Relaxed) < max_streams)?;
+        conn.streams.fetch_add(1, Relaxed);
+        Some((conn.sender.clone(), StreamSlot(conn.streams.clone())))
+    })
+}
+
+/// Opens a connection, keeps it for this worker's later requests and takes
+/// one stream on it.
+async fn connect(
+    target: Target<'_>,
+    tracker: &TaskTracker,
+) -> Result<(H2Sender, StreamSlot), super::ConnectFailure> {
+    let stream = connect_stream(target).await?;
+    let mut builder = http2::Builder::new(Tracked(tracker.clone()));
+    builder
+        .initial_max_send_streams(target.max_streams as usize)
+        .max_concurrent_reset_streams(64);
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(super::ConnectFailure::Handshake)?;
+    tracker.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    let streams = Arc::new(AtomicU32::new(1));
+    if !super::pool::draining() {
+        CONNS.with(|conns| {
+            conns
+                .borrow_mut()
+                .entry(target.pool_key())
+                .or_default()
+                .push(H2Conn {
+                    sender: sender.clone(),
+                    streams: streams.clone(),
+                    idle_since: Instant::now(),
+                    idle_timeout: target.idle_timeout,
+                })
+        });
+    }
+    Ok((sender, StreamSlot(streams)))
+}
+
+/// Closes this worker's HTTP/2 connections that have had no stream for
+/// their idle timeout (all of them that have none when `all`), and forgets
+/// closed ones.
+pub(super) fn sweep(all: bool) {
+    let now = Instant::now();
+    CONNS.with(|conns| {
+        let mut conns = conns.borrow_mut();
+        conns.retain(|_, list| {
+            list.retain_mut(|c| {
+                if c.sender.is_closed() {
+                    return false;
+                }
+                if c.streams.load(Relaxed) != 0 {
+                    c.idle_since = now;
+                    return !all;
+                }
+                !all && now.duration_since(c.idle_since) < c.idle_timeout
+            });
+            !list.is_empty()
+        });
+    });
+}
+
+/// The request as HTTP/2 wants it: the scheme and authority in the URI
+/// (`:scheme`, `:authority`), no `Host` header.
+fn for_h2(mut request: Request<RequestBody>, protocol: Protocol) -> Request<RequestBody> {
+    let scheme = if protocol == Protocol::H2 {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let authority = request
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = authority.or_else(|| Some(Authority::from_static("localhost")));
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = Version::HTTP_2;
+    request
+}
+
+/// A request given back unsent, as the next (possibly HTTP/1.1) pool
+/// expects it: origin-form URI, `Host` again.
+fn from_h2(mut request: Request<RequestBody>) -> Request<RequestBody> {
+    if let Some(authority) = request.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let origin = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.uri_mut() = origin;
+    *request.version_mut() = Version::HTTP_11;
+    request
+}
