@@ -89,8 +89,10 @@ async fn no_get_is_lost_when_backends_close_after_every_response_with_two_worker
 async fn no_get_is_lost_when_a_backend_is_killed_under_load(workers: usize) {
     let [a, b] = start_backends(["a", "b"]).await;
     let mut doomed = ProcessBackend::start("doomed");
+    // With active checks on, as a production pool would have them.
     let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nbackends = [\"{}\", \"{}\", \"{}\"]\n",
+        "{}[pools.web]\nbackends = [\"{}\", \"{}\", \"{}\"]\n\
+         [pools.web.health]\ninterval_ms = 200\ntimeout_ms = 100\n",
         server(workers, ""),
         a.addr,
         doomed.addr,
