@@ -11,24 +11,30 @@
 //!   reloaded live), one worker thread per core, client connections (limits,
 //!   one timer each), signals and graceful shutdown.
 //! - `http/`: the path of one request: authority and route, the strategy's
-//!   candidates, header rewriting, the attempt loop (retries, timeouts), the
-//!   bodies streamed both ways and upgrade tunnels.
-//! - `upstream/`: connections to backends (plain or TLS): a keep-alive pool
-//!   per worker, sending so that an unsent request comes back for the next
-//!   candidate, typed errors that say whether a retry is safe.
+//!   candidates, host-side policy on them (slow start, the retry budget),
+//!   header rewriting, the attempt loop (retries, timeouts, ejection), the
+//!   bodies streamed both ways (small ones kept for a replay) and upgrade
+//!   tunnels.
+//! - `upstream/`: connections to backends (plain or TLS; HTTP/1.1 with a
+//!   keep-alive pool per worker, or HTTP/2 with shared connections per
+//!   worker under a stream cap), sending so that an unsent request comes
+//!   back for the next candidate, typed errors that say whether a retry is
+//!   safe.
 //!
 //! Control plane:
 //! - `plugin/`: the only module that touches wasmtime: bindings per WIT
 //!   world, host imports, the compiled cache, the epoch ticker, and the
 //!   balancer that drives one pool's plugin per worker.
 //! - `control/`: the plugin registry, reloads of the plugin folder, the
-//!   configuration and the certificates, and automatic certificates (ACME).
+//!   configuration and the certificates, active health checks (once per
+//!   process), and automatic certificates (ACME).
 //!
 //! Shared by both:
 //! - [`config`]: the TOML file, one file per section, validated into plain
 //!   run-time data; errors name the key path.
 //! - `state`: routes and pools at run time (built by the control plane).
-//! - `stats`: live per-backend counters and health; process counters.
+//! - `stats`: live per-backend counters and health (ejection, health-check
+//!   verdict, slow start); process counters.
 //! - `error`: typed errors, a leaf module.
 //! - [`demo`]: `veer demo`, three in-process backends behind the proxy.
 //!

@@ -343,3 +343,51 @@ async fn the_retry_budget_holds_when_every_backend_fails() {
     assert_eq!(m.retries, attempts - 100);
     assert!(m.retry_budget_exhausted > 0, "{m:?}");
 }
+
+#[tokio::test]
+async fn with_when_all_down_503_a_pool_whose_backends_all_fail_their_checks_answers_503_at_once() {
+    let only = Switchable::start("only", UNAVAILABLE).await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{}\"]\nmax_fails = 0\nwhen_all_down = \"503\"\n\
+         [pools.web.health]\npath = \"/health\"\ninterval_ms = 100\ntimeout_ms = 100\nfall = 1\n",
+        only.addr
+    ))
+    .await;
+    let metrics = proxy.metrics.clone();
+    eventually(Duration::from_secs(5), "marked unhealthy", || {
+        metrics.snapshot().backends_marked_unhealthy == 1
+    })
+    .await;
+    let hits = only.hits.load(Ordering::Relaxed);
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    assert_eq!(answer.status, 503);
+    assert!(
+        answer.body.contains("down or failing its health checks"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(only.hits.load(Ordering::Relaxed), hits, "not tried");
+}
+
+#[tokio::test]
+async fn no_retry_starts_after_the_total_timeout_and_a_timeout_answers_504() {
+    let hung = [
+        Switchable::start("a", HUNG).await,
+        Switchable::start("b", HUNG).await,
+        Switchable::start("c", HUNG).await,
+    ];
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{}\", \"{}\", \"{}\"]\nmax_fails = 0\n\
+         connect_timeout_ms = 200\nresponse_timeout_ms = 300\n\
+         [pools.web.retry]\ntotal_timeout_ms = 500\n",
+        hung[0].addr, hung[1].addr, hung[2].addr
+    ))
+    .await;
+    let started = Instant::now();
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    let took = started.elapsed();
+    let tried: u64 = hung.iter().map(|b| b.hits.load(Ordering::Relaxed)).sum();
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert_eq!(tried, 2, "a third try would start after 600 ms > 500 ms");
+    assert!(took < Duration::from_millis(2000), "{took:?}");
+}
