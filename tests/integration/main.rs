@@ -5,6 +5,7 @@ mod acme;
 mod balancing;
 mod config;
 mod forwarding;
+mod h2_upstream;
 mod health;
 mod hot_swap;
 mod http_rules;
