@@ -402,7 +402,8 @@ async fn an_h2_pool_answers_502_when_its_tls_backend_does_not_agree_to_http2() {
     // A server that takes no part in ALPN completes the handshake without
     // choosing a protocol: Veer itself sees that h2 was not agreed. A server
     // offering only http/1.1 (rustls, as RFC 7301 allows) refuses the
-    // handshake with a `no_application_protocol` alert instead.
+    // handshake with a `no_application_protocol` alert instead; either way
+    // the 502 says what to change.
     let cases: [(&[&[u8]], &str, &str); 2] = [
         (
             &[],
@@ -412,7 +413,7 @@ async fn an_h2_pool_answers_502_when_its_tls_backend_does_not_agree_to_http2() {
         (
             &[b"http/1.1"],
             "ALPN http/1.1 only",
-            "NoApplicationProtocol",
+            "NoApplicationProtocol: the backend does not speak HTTP/2 (ALPN h2); set the pool's protocol to \"http1\"",
         ),
     ];
     for (alpn, label, says) in cases {
@@ -497,4 +498,48 @@ async fn a_client_request_over_http1_reaches_an_h2c_backend_with_trailers_intact
     )
     .await;
     assert_eq!(backend.seen.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_burst_of_requests_shares_the_connections_being_opened_instead_of_opening_one_each() {
+    let backend = H2Backend::start(Speaks::H2c, Reply::OkAfter(Duration::from_millis(50))).await;
+    let proxy = proxy_to(
+        1,
+        backend.addr,
+        "protocol = \"h2c\"\nmax_streams_per_connection = 16",
+        "",
+    )
+    .await;
+    // 64 requests at once on one client connection: they arrive while the
+    // first backend connection is still being opened.
+    let client = Client::h2(proxy.addr).await;
+    let Client::H2(sender) = client else {
+        unreachable!()
+    };
+    let requests: Vec<_> = (0..64)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let request = Request::get("/")
+                    .header("host", "localhost")
+                    .body(empty())
+                    .unwrap();
+                sender.send_request(request).await.unwrap().status()
+            })
+        })
+        .collect();
+    let statuses = within_5s("64 requests", async {
+        let mut statuses = Vec::new();
+        for request in requests {
+            statuses.push(request.await.unwrap());
+        }
+        statuses
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let connections = backend.seen.connections.load(Ordering::SeqCst);
+    assert!(
+        connections <= 4,
+        "64 streams at 16 per connection need 4 backend connections, not {connections}"
+    );
 }

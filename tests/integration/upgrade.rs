@@ -151,3 +151,39 @@ async fn a_tunnel_keeps_its_place_under_the_connection_cap_until_it_ends() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_declined_upgrade_leaves_the_connection_counted_under_the_cap() {
+    // A backend that ignores `Upgrade` and answers 200.
+    let backend = Backend::start("plain").await;
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nmax_connections = 1\n[pools.web]\nbackends = [\"{}\"]\n",
+        backend.addr
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The connection stays open (keep-alive): it still holds the only place.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(proxy.metrics.snapshot().client_connections_open, 1);
+    let waiting = tokio::spawn({
+        let addr = proxy.addr;
+        async move { Client::h1(addr).await.get("/").await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served past the cap");
+    drop(stream);
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}

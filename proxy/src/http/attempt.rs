@@ -53,8 +53,11 @@ pub(super) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// A client connection's place under `max_connections`.
+pub(super) type ClientSlot = std::sync::Mutex<Option<super::ConnSlot>>;
+
 /// A request rewritten for the backends, with what the attempt loop watches.
-pub(super) struct Outgoing {
+pub(super) struct Outgoing<'a> {
     /// The head, as backends get it.
     pub parts: Parts,
     /// The client's body.
@@ -62,8 +65,9 @@ pub(super) struct Outgoing {
     /// How the body is going, when there is one.
     pub progress: Option<Arc<Progress>>,
     /// The client's side of a protocol upgrade, when it asked for one, and
-    /// its connection's slot under `max_connections` for the tunnel to keep.
-    pub client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<super::ConnSlot>)>,
+    /// where its connection's slot under `max_connections` is: a tunnel
+    /// takes it over (only once the backend agreed).
+    pub client_upgrade: Option<(hyper::upgrade::OnUpgrade, &'a ClientSlot)>,
 }
 
 /// What sends the request again after it went out: its head, and the kept
@@ -92,7 +96,7 @@ pub(super) async fn forward(
     tracker: &TaskTracker,
     pool: &Pool,
     candidates: &[u32],
-    outgoing: Outgoing,
+    outgoing: Outgoing<'_>,
 ) -> Response<ProxyBody> {
     let Outgoing {
         parts,
@@ -308,10 +312,10 @@ fn switch_protocols(
     tracker: &TaskTracker,
     pool: &Pool,
     exchange: Exchange,
-    client: Option<(hyper::upgrade::OnUpgrade, Option<super::ConnSlot>)>,
+    client: Option<(hyper::upgrade::OnUpgrade, &ClientSlot)>,
 ) -> Response<ProxyBody> {
     let mut response = exchange.into_upgrade();
-    let Some((client, slot)) = client else {
+    let Some((client, place)) = client else {
         Metrics::inc(&ctx.metrics.bad_gateway);
         return message(
             StatusCode::BAD_GATEWAY,
@@ -327,6 +331,8 @@ fn switch_protocols(
     if let Some(protocol) = protocol {
         rewrite::set_upgrade(response.headers_mut(), protocol);
     }
+    // The tunnel outlives the HTTP connection: it takes over its place.
+    let slot = place.lock().ok().and_then(|mut s| s.take());
     let tunnel = super::tunnel::run(
         client,
         backend,

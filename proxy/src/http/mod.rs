@@ -276,10 +276,7 @@ pub async fn handle(
             parts,
             body,
             progress,
-            client_upgrade: client_upgrade.map(|upgrade| {
-                let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
-                (upgrade, slot)
-            }),
+            client_upgrade: client_upgrade.map(|upgrade| (upgrade, &conn.slot)),
         },
     )
     .await;

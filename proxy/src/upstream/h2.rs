@@ -1,9 +1,11 @@
 //! HTTP/2 to backends (`protocol = "h2c"` or `"h2"`): each worker keeps its
 //! own connections to each backend and sends many requests on each, at most
 //! `max_streams_per_connection` at a time; one more opens another
-//! connection. A stream's place is freed when its response is done or
-//! dropped ([`StreamSlot`]). Connections without streams for
-//! `idle_timeout_ms` are closed by the worker's sweep.
+//! connection. A connection being opened is listed at once, so a burst of
+//! requests waits for it (up to the cap) instead of each opening its own. A
+//! stream's place is freed when its response is done or dropped
+//! ([`StreamSlot`]). Connections without streams for `idle_timeout_ms` are
+//! closed by the worker's sweep.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,13 +29,38 @@ use crate::stats::Metrics;
 
 type H2Sender = http2::SendRequest<RequestBody>;
 
+/// A connection's handshake: `None` while it runs, then the sender or why
+/// it failed.
+type Opening = tokio::sync::watch::Receiver<Option<Result<H2Sender, String>>>;
+
 struct H2Conn {
-    sender: H2Sender,
+    opening: Opening,
     /// Streams in flight on it.
     streams: Arc<AtomicU32>,
     /// When it last had no stream, for the idle sweep.
     idle_since: Instant,
     idle_timeout: std::time::Duration,
+}
+
+/// Where a listed connection is.
+enum Status {
+    /// Its handshake is still running.
+    Opening,
+    /// Ready for streams.
+    Open(H2Sender),
+    /// Failed, abandoned or closed: to be forgotten.
+    Dead,
+}
+
+impl H2Conn {
+    fn status(&self) -> Status {
+        match &*self.opening.borrow() {
+            None if self.opening.has_changed().is_err() => Status::Dead,
+            None => Status::Opening,
+            Some(Ok(sender)) if !sender.is_closed() => Status::Open(sender.clone()),
+            Some(_) => Status::Dead,
+        }
+    }
 }
 
 thread_local! {
@@ -76,7 +103,20 @@ pub(super) async fn send(
     let key = target.pool_key();
     let mut request = for_h2(request, target.protocol);
     if which == Connection::PooledOrNew {
-        while let Some((mut sender, slot)) = checkout(key, target.max_streams) {
+        while let Some((opening, slot)) = checkout(key, target.max_streams) {
+            let mut sender = match opened(opening).await {
+                Ok(sender) => sender,
+                // The connection this request waited for was not made.
+                Err(reason) => {
+                    return Err(SendFailure {
+                        error: UpstreamError::Connect {
+                            addr: target.addr,
+                            reason: super::ConnectFailure::Io(std::io::Error::other(reason)),
+                        },
+                        unsent: Some(Box::new(from_h2(request))),
+                    });
+                }
+            };
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok(Exchange {
@@ -132,27 +172,73 @@ pub(super) async fn send(
     }
 }
 
-/// A connection to `key` with a free stream, its place taken.
-fn checkout(key: Key, max_streams: u32) -> Option<(H2Sender, StreamSlot)> {
+/// A connection to `key` (open, or being opened) with a free stream, its
+/// place taken.
+fn checkout(key: Key, max_streams: u32) -> Option<(Opening, StreamSlot)> {
     CONNS.with(|conns| {
         let mut conns = conns.borrow_mut();
         let list = conns.get_mut(&key)?;
-        list.retain(|c| !c.sender.is_closed());
-        let conn = list
-            .iter()
-            .filter(|c| c.sender.is_ready())
-            .find(|c| c.streams.load(Relaxed) < max_streams)?;
+        list.retain(|c| !matches!(c.status(), Status::Dead));
+        let conn = list.iter().find(|c| {
+            c.streams.load(Relaxed) < max_streams
+                && match c.status() {
+                    Status::Opening => true,
+                    Status::Open(sender) => sender.is_ready(),
+                    Status::Dead => false,
+                }
+        })?;
         conn.streams.fetch_add(1, Relaxed);
-        Some((conn.sender.clone(), StreamSlot(conn.streams.clone())))
+        Some((conn.opening.clone(), StreamSlot(conn.streams.clone())))
     })
 }
 
-/// Opens a connection, keeps it for this worker's later requests and takes
-/// one stream on it.
+/// The sender of a listed connection, once its handshake is done.
+async fn opened(mut opening: Opening) -> Result<H2Sender, String> {
+    let done = opening
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| "the connection being opened was abandoned".to_string())?;
+    done.clone().expect("waited for Some")
+}
+
+/// Opens a connection, listed at once for this worker's later requests,
+/// and takes one stream on it.
 async fn connect(
     target: Target<'_>,
     tracker: &TaskTracker,
 ) -> Result<(H2Sender, StreamSlot), super::ConnectFailure> {
+    let (done, opening) = tokio::sync::watch::channel(None);
+    let streams = Arc::new(AtomicU32::new(1));
+    if !super::pool::draining() {
+        CONNS.with(|conns| {
+            conns
+                .borrow_mut()
+                .entry(target.pool_key())
+                .or_default()
+                .push(H2Conn {
+                    opening,
+                    streams: streams.clone(),
+                    idle_since: Instant::now(),
+                    idle_timeout: target.idle_timeout,
+                })
+        });
+    }
+    match handshake(target, tracker).await {
+        Ok(sender) => {
+            done.send_replace(Some(Ok(sender.clone())));
+            Ok((sender, StreamSlot(streams)))
+        }
+        Err(e) => {
+            done.send_replace(Some(Err(format!("{e:?}"))));
+            Err(e)
+        }
+    }
+}
+
+async fn handshake(
+    target: Target<'_>,
+    tracker: &TaskTracker,
+) -> Result<H2Sender, super::ConnectFailure> {
     let stream = connect_stream(target).await?;
     let mut builder = http2::Builder::new(Tracked(tracker.clone()));
     builder
@@ -167,22 +253,7 @@ async fn connect(
             tracing::debug!("upstream HTTP/2 connection ended: {e}");
         }
     });
-    let streams = Arc::new(AtomicU32::new(1));
-    if !super::pool::draining() {
-        CONNS.with(|conns| {
-            conns
-                .borrow_mut()
-                .entry(target.pool_key())
-                .or_default()
-                .push(H2Conn {
-                    sender: sender.clone(),
-                    streams: streams.clone(),
-                    idle_since: Instant::now(),
-                    idle_timeout: target.idle_timeout,
-                })
-        });
-    }
-    Ok((sender, StreamSlot(streams)))
+    Ok(sender)
 }
 
 /// Closes this worker's HTTP/2 connections that have had no stream for
@@ -194,8 +265,10 @@ pub(super) fn sweep(all: bool) {
         let mut conns = conns.borrow_mut();
         conns.retain(|_, list| {
             list.retain_mut(|c| {
-                if c.sender.is_closed() {
-                    return false;
+                match c.status() {
+                    Status::Dead => return false,
+                    Status::Opening => return true,
+                    Status::Open(_) => {}
                 }
                 if c.streams.load(Relaxed) != 0 {
                     c.idle_since = now;

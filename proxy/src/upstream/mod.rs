@@ -230,7 +230,7 @@ pub async fn connect_stream(target: Target<'_>) -> Result<Stream, ConnectFailure
                     .connector
                     .connect(name.clone(), stream)
                     .await
-                    .map_err(ConnectFailure::Tls)?;
+                    .map_err(|e| ConnectFailure::Tls(with_alpn_hint(e, target.protocol)))?;
                 if target.protocol == Protocol::H2
                     && stream.get_ref().1.alpn_protocol() != Some(b"h2")
                 {
@@ -245,6 +245,17 @@ pub async fn connect_stream(target: Target<'_>) -> Result<Stream, ConnectFailure
     tokio::time::timeout(target.connect_timeout, connecting)
         .await
         .map_err(|_| ConnectFailure::TimedOut(target.connect_timeout))?
+}
+
+/// A handshake a backend refused for want of a common application protocol
+/// (RFC 7301's `no_application_protocol` alert) says what to change.
+fn with_alpn_hint(e: std::io::Error, protocol: Protocol) -> std::io::Error {
+    if protocol == Protocol::H2 && e.to_string().contains("NoApplicationProtocol") {
+        return std::io::Error::other(format!(
+            "{e}: the backend does not speak HTTP/2 (ALPN h2); set the pool's protocol to \"http1\""
+        ));
+    }
+    e
 }
 
 /// Connects (see [`connect_stream`]) and starts an HTTP/1.1 connection.
