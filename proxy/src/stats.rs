@@ -30,7 +30,7 @@ pub struct BackendStats {
     latency_peak_ewma_us: AtomicU64,
     /// `now_ms()` of the last latency sample, for the peak-EWMA decay.
     latency_stamp_ms: AtomicU64,
-    /// Connection failures in a row.
+    /// Failures in a row (connect errors, timeouts, statuses that count).
     consecutive_failures: AtomicU32,
     /// `now_ms()` until which the backend is ejected; once past, the first
     /// request to claim it (by moving it forward) probes the backend.

@@ -49,16 +49,18 @@ pub struct PoolSection {
     /// Default 0.
     #[serde(default)]
     pub max_connections_per_backend: u32,
-    /// Further candidates tried when a backend cannot be connected to (nothing
-    /// was sent, so this is safe for any method). Default 2.
+    /// Further candidates tried after a failed attempt: always when nothing
+    /// was sent (a connect error), and otherwise as `[pools.NAME.retry]`
+    /// allows. At most 16. Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// Connection failures in a row that mark a backend down; 0 never does.
-    /// Default 3.
+    /// Failures in a row (connect errors, timeouts, `outlier.statuses`) that
+    /// eject a backend; 0 never does. Default 3.
     #[serde(default = "default_max_fails")]
     pub max_fails: u32,
-    /// How long a backend stays down before one request probes it, ms.
-    /// Default 10000.
+    /// How long a first ejection lasts before one request probes the backend,
+    /// ms; each ejection in a row lasts this much longer (see
+    /// [`OutlierSection`]). Default 10000.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout_ms: u64,
     /// Idle keep-alive connections kept per backend and worker. Default 64.

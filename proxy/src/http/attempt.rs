@@ -14,8 +14,7 @@
 //!   garbage, or no response head came within `response_timeout_ms` (per
 //!   try), or the response's status is in `retry.on_statuses`: a replayable
 //!   request goes to the next candidate if the policy allows (`on_reset`,
-//!   `on_timeout`), the retry budget has room and `retry.total_timeout_ms`
-//!   has not passed. Replayable: an idempotent method (or
+//!   `on_timeout`) and the retry budget has room. Replayable: an idempotent method (or
 //!   `retry.non_idempotent`), and a body that was empty or kept whole (up to
 //!   `retry.replay_body_bytes`). When no retry is possible, a status answer
 //!   is passed on as it is; a failure becomes 502 (504 for a timeout).
@@ -23,7 +22,9 @@
 //!   client that stops sending it gets 408 — never counted against a
 //!   backend.
 //!
-//! Retries walk the plugin's candidate list; the plugin is not called again.
+//! No further attempt of any kind starts once `retry.total_timeout_ms` has
+//! passed since the first. Retries walk the plugin's candidate list; the
+//! plugin is not called again.
 //! Backends that are down (ejected, or failing health checks) are skipped;
 //! after its ejection an ejected backend is tried by exactly one request (an
 //! atomic claim in [`crate::stats::BackendStats::admit`]). When every
@@ -151,17 +152,19 @@ pub(super) async fn forward(
         if !anyway && !stats.admit(config.ejection.base) {
             continue;
         }
+        // No further attempt of any kind starts after the total timeout.
+        if attempts > 0
+            && retry
+                .total_timeout
+                .is_some_and(|limit| first_try.elapsed() >= limit)
+        {
+            break;
+        }
         let next = match request.take() {
             // Nothing of it was sent yet: any request may go.
             Some(next) => next,
             // It went out before: a retry proper, within the policy.
             None => {
-                if retry
-                    .total_timeout
-                    .is_some_and(|limit| first_try.elapsed() >= limit)
-                {
-                    break;
-                }
                 let Some(again) = replay.request() else { break };
                 if !pool.budget.withdraw() {
                     Metrics::inc(&ctx.metrics.retry_budget_exhausted);

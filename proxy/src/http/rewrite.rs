@@ -28,7 +28,8 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop headers, including any named in `Connection`, and
-/// `Upgrade` (protocol upgrades are not proxied yet).
+/// `Upgrade` (an upgrade the proxy passes on is set again with
+/// [`set_upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: check with one pass before removing.
     let present = headers

@@ -77,8 +77,14 @@ impl Worker {
         let tracker = TaskTracker::new();
         let mut sweep = tokio::time::interval(IDLE_SWEEP);
         loop {
+            // Idle upstream connections are swept while waiting for a place
+            // under the cap, too.
             let permit = tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = sweep.tick() => {
+                    upstream::sweep_idle(false);
+                    continue;
+                }
                 permit = self.slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break, // closed: never, the semaphore is ours

@@ -37,6 +37,9 @@ struct H2Conn {
     opening: Opening,
     /// Streams in flight on it.
     streams: Arc<AtomicU32>,
+    /// The backend's limit on concurrent streams (its SETTINGS), as last
+    /// seen by the connection task.
+    backend_limit: Arc<AtomicU32>,
     /// When it last had no stream, for the idle sweep.
     idle_since: Instant,
     idle_timeout: std::time::Duration,
@@ -179,11 +182,16 @@ fn checkout(key: Key, max_streams: u32) -> Option<(Opening, StreamSlot)> {
         let mut conns = conns.borrow_mut();
         let list = conns.get_mut(&key)?;
         list.retain(|c| !matches!(c.status(), Status::Dead));
+        // The backend's own limit (its SETTINGS) counts too: past it, hyper
+        // would queue the stream on this connection instead of opening one.
         let conn = list.iter().find(|c| {
-            c.streams.load(Relaxed) < max_streams
+            let streams = c.streams.load(Relaxed);
+            streams < max_streams
                 && match c.status() {
                     Status::Opening => true,
-                    Status::Open(sender) => sender.is_ready(),
+                    Status::Open(sender) => {
+                        sender.is_ready() && streams < c.backend_limit.load(Relaxed)
+                    }
                     Status::Dead => false,
                 }
         })?;
@@ -209,6 +217,7 @@ async fn connect(
 ) -> Result<(H2Sender, StreamSlot), super::ConnectFailure> {
     let (done, opening) = tokio::sync::watch::channel(None);
     let streams = Arc::new(AtomicU32::new(1));
+    let backend_limit = Arc::new(AtomicU32::new(u32::MAX));
     if !super::pool::draining() {
         CONNS.with(|conns| {
             conns
@@ -218,12 +227,13 @@ async fn connect(
                 .push(H2Conn {
                     opening,
                     streams: streams.clone(),
+                    backend_limit: backend_limit.clone(),
                     idle_since: Instant::now(),
                     idle_timeout: target.idle_timeout,
                 })
         });
     }
-    match handshake(target, tracker).await {
+    match handshake(target, tracker, backend_limit).await {
         Ok(sender) => {
             done.send_replace(Some(Ok(sender.clone())));
             Ok((sender, StreamSlot(streams)))
@@ -238,6 +248,7 @@ async fn connect(
 async fn handshake(
     target: Target<'_>,
     tracker: &TaskTracker,
+    backend_limit: Arc<AtomicU32>,
 ) -> Result<H2Sender, super::ConnectFailure> {
     let stream = connect_stream(target).await?;
     let mut builder = http2::Builder::new(Tracked(tracker.clone()));
@@ -249,7 +260,15 @@ async fn handshake(
         .await
         .map_err(super::ConnectFailure::Handshake)?;
     tracker.spawn(async move {
-        if let Err(e) = connection.await {
+        let mut connection = Box::pin(connection);
+        let ended = std::future::poll_fn(|cx| {
+            let polled = connection.as_mut().poll(cx);
+            let limit = connection.current_max_send_streams();
+            backend_limit.store(limit.min(u32::MAX as usize) as u32, Relaxed);
+            polled
+        })
+        .await;
+        if let Err(e) = ended {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");
         }
     });
