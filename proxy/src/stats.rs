@@ -35,9 +35,6 @@ pub struct BackendStats {
     /// `now_ms()` until which the backend is ejected; once past, the first
     /// request to claim it (by moving it forward) probes the backend.
     down_until_ms: AtomicU64,
-    /// Set while a request probes an ejected backend: its failure ejects
-    /// again (for longer); other failures while ejected change nothing.
-    probing: AtomicBool,
     /// Ejections in a row (the n-th lasts n × the first, up to a cap).
     ejections: AtomicU32,
     /// `now_ms()` when the backend last came back (slow start runs from
@@ -98,28 +95,38 @@ impl BackendStats {
     /// An ejected one admits none until its ejection is over; then exactly
     /// one request (the one that wins an atomic claim) is admitted to probe
     /// it, and the backend stays out for everyone else for another
-    /// `probe_window` unless the probe succeeds.
-    pub fn admit(&self, probe_window: Duration) -> bool {
+    /// `probe_window` unless the probe succeeds (or the claim is given back
+    /// unused, [`BackendStats::give_back`]).
+    pub fn admit(&self, probe_window: Duration) -> Admission {
         if self.check_failed.load(Relaxed) {
-            return false;
+            return Admission::No;
         }
         let until = self.down_until_ms.load(Relaxed);
         if until == 0 {
-            return true;
+            return Admission::Yes;
         }
         let now = now_ms();
         if now < until {
-            return false;
+            return Admission::No;
         }
-        let next = now + probe_window.as_millis() as u64;
-        let claimed = self
+        let claimed = (now + probe_window.as_millis() as u64).max(1);
+        match self
             .down_until_ms
-            .compare_exchange(until, next.max(1), Relaxed, Relaxed)
-            .is_ok();
-        if claimed {
-            self.probing.store(true, Relaxed);
+            .compare_exchange(until, claimed, Relaxed, Relaxed)
+        {
+            Ok(_) => Admission::Probe { until, claimed },
+            Err(_) => Admission::No,
         }
-        claimed
+    }
+
+    /// Gives back a probe claim that sent nothing, so the next request may
+    /// probe at once.
+    pub fn give_back(&self, admission: Admission) {
+        if let Admission::Probe { until, claimed } = admission {
+            let _ = self
+                .down_until_ms
+                .compare_exchange(claimed, until, Relaxed, Relaxed);
+        }
     }
 
     /// Where the backend is in its slow start: the share of `window` passed
@@ -135,6 +142,14 @@ impl BackendStats {
         let elapsed = now_ms().saturating_sub(since);
         let window = window.as_millis() as u64;
         (elapsed < window).then(|| elapsed as f64 / window as f64)
+    }
+
+    /// Forgets the verdict of health checks that no longer run (a reload
+    /// took them off the pool).
+    pub fn forget_checks(&self) {
+        if self.check_failed.load(Relaxed) {
+            self.check_failed.store(false, Relaxed);
+        }
     }
 
     /// Records the verdict of an active health check (after its rise/fall
@@ -208,22 +223,25 @@ impl BackendStats {
         let back =
             self.down_until_ms.load(Relaxed) != 0 && self.down_until_ms.swap(0, Relaxed) != 0;
         if back {
-            self.probing.store(false, Relaxed);
             self.returned_ms.store(now_ms().max(1), Relaxed);
         }
         back
     }
 
     /// Records a failed attempt (a connect error, a timeout, a status that
-    /// counts). After `max_fails` in a row the backend is ejected, unless
-    /// `pool` (this backend's pool, itself included) already has as many
-    /// ejected as it may: the n-th ejection in a row lasts n × the first, up
-    /// to the cap (a backend that served well for the cap's length starts
-    /// again from the first). Returns how long, when this ejects.
+    /// counts); `probe` when the attempt was this backend's probe. After
+    /// `max_fails` in a row the backend is ejected, unless `pool` (this
+    /// backend's pool, itself included) already has as many ejected as it
+    /// may: the n-th ejection in a row lasts n × the first, up to the cap (a
+    /// backend that served well for the cap's length starts again from the
+    /// first). A failed probe always ejects again; a late failure of a
+    /// request sent before the ejection changes nothing. Returns how long,
+    /// when this ejects.
     pub fn record_failure(
         &self,
         policy: &Ejection,
         pool: &[Arc<BackendStats>],
+        probe: bool,
     ) -> Option<Duration> {
         let fails = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if policy.max_fails == 0 || fails < policy.max_fails {
@@ -231,26 +249,69 @@ impl BackendStats {
         }
         let now = now_ms();
         let was = self.down_until_ms.load(Relaxed);
-        let probe_failed = self.probing.swap(false, Relaxed);
-        if was > now && !probe_failed {
-            // Already out: a request sent before the ejection failing late.
+        if was != 0 && !probe {
+            // Already out (or being probed): one ejection at a time.
             return None;
         }
-        if !probe_failed {
+        if !probe {
             let ejected = pool.iter().filter(|b| b.is_ejected()).count();
             if ejected >= policy.max_ejected(pool.len()) {
                 return None;
             }
         }
         let returned = self.returned_ms.load(Relaxed);
-        if returned != 0 && now.saturating_sub(returned) > policy.max.as_millis() as u64 {
-            self.ejections.store(0, Relaxed);
-        }
-        let n = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        let served_long =
+            returned != 0 && now.saturating_sub(returned) > policy.max.as_millis() as u64;
+        // A failed probe follows an ejection: it always grows.
+        let n = if served_long && !probe {
+            1
+        } else {
+            self.ejections.load(Relaxed).saturating_add(1)
+        };
         let length = policy.base.saturating_mul(n).min(policy.max);
-        self.down_until_ms
-            .store((now + length.as_millis() as u64).max(1), Relaxed);
+        let until = (now + length.as_millis() as u64).max(1);
+        // Only one failure ejects: a concurrent one on another worker loses.
+        if self
+            .down_until_ms
+            .compare_exchange(was, until, Relaxed, Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        if !probe && pool.iter().filter(|b| b.is_ejected()).count() > policy.max_ejected(pool.len())
+        {
+            // Another backend was ejected at the same moment: over the cap.
+            let _ = self
+                .down_until_ms
+                .compare_exchange(until, was, Relaxed, Relaxed);
+            return None;
+        }
+        self.ejections.store(n, Relaxed);
         Some(length)
+    }
+}
+
+/// What [`BackendStats::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not now: ejected, being probed, or failing its health checks.
+    No,
+    /// Up: send.
+    Yes,
+    /// Ejected, and this request is its probe (the claim moved the
+    /// ejection's end from `until` to `claimed`).
+    Probe {
+        /// The ejection's end before the claim.
+        until: u64,
+        /// The end the claim set.
+        claimed: u64,
+    },
+}
+
+impl Admission {
+    /// Whether a request may be sent.
+    pub fn admitted(self) -> bool {
+        self != Admission::No
     }
 }
 
@@ -454,13 +515,14 @@ mod tests {
     fn a_backend_is_ejected_after_max_fails_and_comes_back_on_success() {
         let pool = pool(2);
         let p = policy(2, 60_000, 300_000, 50);
-        assert_eq!(pool[0].record_failure(&p, &pool), None);
+        assert_eq!(pool[0].record_failure(&p, &pool, false), None);
         assert!(pool[0].is_up());
         assert_eq!(
-            pool[0].record_failure(&p, &pool),
+            pool[0].record_failure(&p, &pool, false),
             Some(Duration::from_secs(60))
         );
-        assert!(!pool[0].is_up() && !pool[0].admit(Duration::from_secs(1)));
+        assert!(!pool[0].is_up());
+        assert_eq!(pool[0].admit(Duration::from_secs(1)), Admission::No);
         assert!(pool[0].record_success());
         assert!(pool[0].is_up());
     }
@@ -469,30 +531,71 @@ mod tests {
     fn max_fails_zero_never_ejects() {
         let pool = pool(1);
         for _ in 0..10 {
-            assert_eq!(pool[0].record_failure(&policy(0, 1, 1, 100), &pool), None);
+            assert_eq!(
+                pool[0].record_failure(&policy(0, 1, 1, 100), &pool, false),
+                None
+            );
         }
         assert!(pool[0].is_up());
+    }
+
+    /// Ejects `stats` (1 ms), waits it out and claims the probe.
+    fn probe_after(stats: &BackendStats, first: Duration) -> Admission {
+        std::thread::sleep(first + Duration::from_millis(3));
+        let claim = stats.admit(Duration::from_millis(1));
+        assert!(matches!(claim, Admission::Probe { .. }), "{claim:?}");
+        claim
     }
 
     #[test]
     fn each_failed_probe_ejects_for_longer_up_to_the_cap() {
         let pool = pool(1);
         let p = policy(1, 1, 3, 100);
-        let mut lengths = Vec::new();
-        for _ in 0..4 {
-            lengths.push(pool[0].record_failure(&p, &pool).unwrap().as_millis());
-            std::thread::sleep(Duration::from_millis(5));
-            assert!(pool[0].admit(Duration::from_millis(1)), "the probe");
+        let mut lengths = vec![pool[0].record_failure(&p, &pool, false).unwrap()];
+        for _ in 0..3 {
+            probe_after(&pool[0], *lengths.last().unwrap());
+            lengths.push(pool[0].record_failure(&p, &pool, true).unwrap());
         }
-        assert_eq!(lengths, [1, 2, 3, 3]);
+        let ms: Vec<u128> = lengths.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [1, 2, 3, 3]);
     }
 
     #[test]
-    fn a_failure_while_ejected_does_not_extend_the_ejection() {
+    fn failed_probes_grow_even_for_a_backend_that_came_back_long_ago() {
+        let pool = pool(1);
+        let p = policy(1, 1, 2, 100);
+        // Ejected once, back, then serving for longer than the cap.
+        pool[0].record_failure(&p, &pool, false).unwrap();
+        probe_after(&pool[0], Duration::from_millis(1));
+        assert!(pool[0].record_success());
+        std::thread::sleep(Duration::from_millis(5));
+        let first = pool[0].record_failure(&p, &pool, false).unwrap();
+        assert_eq!(first.as_millis(), 1, "a fresh start after serving well");
+        probe_after(&pool[0], first);
+        let second = pool[0].record_failure(&p, &pool, true).unwrap();
+        assert_eq!(second.as_millis(), 2, "a failed probe ejects for longer");
+    }
+
+    #[test]
+    fn a_failure_that_is_not_the_probe_does_not_extend_the_ejection() {
         let pool = pool(1);
         let p = policy(1, 60_000, 300_000, 100);
-        assert!(pool[0].record_failure(&p, &pool).is_some());
-        assert_eq!(pool[0].record_failure(&p, &pool), None);
+        assert!(pool[0].record_failure(&p, &pool, false).is_some());
+        assert_eq!(pool[0].record_failure(&p, &pool, false), None);
+    }
+
+    #[test]
+    fn a_probe_claim_given_back_unused_lets_the_next_request_probe() {
+        let pool = pool(1);
+        let p = policy(1, 1, 1, 100);
+        pool[0].record_failure(&p, &pool, false).unwrap();
+        let claim = probe_after(&pool[0], Duration::from_millis(1));
+        assert_eq!(pool[0].admit(Duration::from_secs(60)), Admission::No);
+        pool[0].give_back(claim);
+        assert!(matches!(
+            pool[0].admit(Duration::from_secs(60)),
+            Admission::Probe { .. }
+        ));
     }
 
     #[test]
@@ -501,7 +604,7 @@ mod tests {
         let p = policy(1, 60_000, 300_000, 50);
         let ejected = pool
             .iter()
-            .filter(|b| b.record_failure(&p, &pool).is_some())
+            .filter(|b| b.record_failure(&p, &pool, false).is_some())
             .count();
         assert_eq!(ejected, 2);
         assert_eq!(pool.iter().filter(|b| b.is_up()).count(), 2);
@@ -514,7 +617,8 @@ mod tests {
         assert_eq!(stats.slow_start(window), None);
         assert!(stats.set_check_result(false));
         assert!(!stats.set_check_result(false), "no flip, no log line");
-        assert!(!stats.is_up() && !stats.admit(Duration::from_secs(1)));
+        assert!(!stats.is_up());
+        assert_eq!(stats.admit(Duration::from_secs(1)), Admission::No);
         assert!(stats.set_check_result(true));
         assert!(stats.is_up());
         let progress = stats.slow_start(window).unwrap();

@@ -38,6 +38,8 @@ enum Reply {
 enum Speaks {
     /// HTTP/2 only, clear text (prior knowledge).
     H2c,
+    /// As `H2c`, but each connection waits this long before its handshake.
+    H2cAfter(Duration),
     /// HTTP/2 only, over TLS.
     H2OverTls(TlsAcceptor),
     /// HTTP/1.1 only, over TLS (a server that does not do HTTP/2).
@@ -102,6 +104,10 @@ impl H2Backend {
                     tokio::spawn(async move {
                         match &*speaks {
                             Speaks::H2c => serve(tcp, true, reply, seen).await,
+                            Speaks::H2cAfter(delay) => {
+                                tokio::time::sleep(*delay).await;
+                                serve(tcp, true, reply, seen).await
+                            }
                             Speaks::H2OverTls(acceptor) | Speaks::H1OverTls(acceptor) => {
                                 let h2 = matches!(&*speaks, Speaks::H2OverTls(_));
                                 if let Ok(tls) = acceptor.accept(tcp).await {
@@ -542,4 +548,31 @@ async fn a_burst_of_requests_shares_the_connections_being_opened_instead_of_open
         connections <= 4,
         "64 streams at 16 per connection need 4 backend connections, not {connections}"
     );
+}
+
+#[tokio::test]
+async fn a_request_that_gives_up_while_a_connection_opens_does_not_fail_the_ones_waiting_for_it() {
+    use tokio::io::AsyncWriteExt;
+    let backend = H2Backend::start(
+        Speaks::H2cAfter(Duration::from_millis(300)),
+        Reply::OkAfter(Duration::ZERO),
+    )
+    .await;
+    let proxy = proxy_to(1, backend.addr, "protocol = \"h2c\"", "").await;
+    // The first request opens the backend connection...
+    let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...a second one waits for it, and the first client goes away.
+    let addr = proxy.addr;
+    let second = tokio::spawn(async move { Client::h1(addr).await.get("/").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(first);
+    let answer = within_5s("the second request", second).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(backend.seen.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(proxy.metrics.snapshot().ejections, 0);
 }

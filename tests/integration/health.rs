@@ -391,3 +391,39 @@ async fn no_retry_starts_after_the_total_timeout_and_a_timeout_answers_504() {
     assert_eq!(tried, 2, "a third try would start after 600 ms > 500 ms");
     assert!(took < Duration::from_millis(2000), "{took:?}");
 }
+
+#[tokio::test]
+async fn taking_health_checks_off_in_a_reload_lets_a_backend_they_failed_back_in() {
+    let failing = Switchable::start("failing", UNAVAILABLE).await;
+    let good = Switchable::start("good", HEALTHY).await;
+    let dir = TempDir::new("health-reload");
+    let path = dir.join("veer.toml");
+    let config = |health: &str| {
+        format!(
+            "{SERVER}[plugins]\ndir = \"\"\n[pools.web]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\n{health}",
+            failing.addr, good.addr
+        )
+    };
+    std::fs::write(
+        &path,
+        config("[pools.web.health]\npath = \"/health\"\ninterval_ms = 100\ntimeout_ms = 100\nfall = 1\n"),
+    )
+    .unwrap();
+    let (proxy, handle) = Proxy::start_file(&path).await;
+    let metrics = proxy.metrics.clone();
+    eventually(Duration::from_secs(5), "marked unhealthy", || {
+        metrics.snapshot().backends_marked_unhealthy == 1
+    })
+    .await;
+    // It answers now, but no check runs once they are taken off: only the
+    // reload can let it back in.
+    failing.set(HEALTHY);
+    std::fs::write(&path, config("")).unwrap();
+    handle.reload();
+    eventually(Duration::from_secs(5), "reloaded", || {
+        metrics.snapshot().config_reloads >= 1
+    })
+    .await;
+    let seen = spread(proxy.addr, 20).await;
+    assert_eq!(seen.get("failing"), Some(&10), "{seen:?}");
+}

@@ -42,6 +42,8 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         let mut wanted = Vec::new();
         for pool in &state.pools {
             let Some(check) = &pool.config.health else {
+                // No checks (any more): no verdict of old ones stays.
+                pool.stats.iter().for_each(|s| s.forget_checks());
                 continue;
             };
             for id in 0..pool.stats.len() {
@@ -53,10 +55,10 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 let token = cancel.child_token();
                 running.insert(key, token.clone());
                 tracker.spawn(watch(
+                    shared.clone(),
                     pool.clone(),
                     id,
                     check.clone(),
-                    shared.metrics.clone(),
                     token,
                     tracker.clone(),
                 ));
@@ -83,13 +85,14 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
 
 /// Checks one backend until `cancel`.
 async fn watch(
+    shared: Arc<Shared>,
     pool: Arc<Pool>,
     id: usize,
     check: HealthCheck,
-    metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let metrics = &shared.metrics;
     let stats = &pool.stats[id];
     let backend = &pool.config.backends[id].address;
     let (mut passes, mut fails) = (0u32, 0u32);
@@ -102,9 +105,23 @@ async fn watch(
         }
         wait = jittered(check.interval, check.jitter_percent);
         Metrics::inc(&metrics.health_checks);
-        let outcome = tokio::time::timeout(check.timeout, probe(&pool, id, &check, &tracker))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)));
+        let checked = tokio::time::timeout(check.timeout, probe(&pool, id, &check, &tracker));
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            outcome = checked => outcome
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout))),
+        };
+        // A pool replaced by a reload is no longer this task's to judge
+        // (its successor may have no checks, or new ones).
+        if !shared
+            .state
+            .load()
+            .pools
+            .iter()
+            .any(|p| Arc::ptr_eq(p, &pool))
+        {
+            return;
+        }
         match outcome {
             Ok(()) => {
                 fails = 0;
@@ -147,7 +164,7 @@ async fn probe(
     tracker: &TaskTracker,
 ) -> Result<(), String> {
     let target = pool.target(id);
-    let stream = connect_stream(target)
+    let stream = connect_stream(target.dial())
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     let http = match &check.kind {

@@ -268,6 +268,10 @@ impl Registry {
                         .unwrap_or_default()
                 })
                 .collect();
+            if pool.health.is_none() {
+                // Checks taken off by this reload: their last verdict goes.
+                stats.iter().for_each(|s| s.forget_checks());
+            }
             let backends = pool
                 .backends
                 .iter()

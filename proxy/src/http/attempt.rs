@@ -41,7 +41,7 @@ use super::body::{ClientBodyFailure, Progress, ProxyBody, RequestBody, message};
 use super::{policy, rewrite};
 use crate::config::AllDown;
 use crate::state::{Pool, Shared};
-use crate::stats::{BackendStats, Metrics, now_ms};
+use crate::stats::{Admission, Metrics, now_ms};
 use crate::upstream::{
     self, Connection, Exchange, RetrySafety, SendFailure, Target, UpstreamBody, UpstreamError,
 };
@@ -79,6 +79,11 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
+    /// Whether the request can be sent again (without building it).
+    fn available(&self) -> bool {
+        self.parts.is_some() && self.progress.is_none_or(Progress::can_replay)
+    }
+
     /// The request again, or `None` when it cannot be replayed.
     fn request(&self) -> Option<Request<RequestBody>> {
         let parts = self.parts.as_ref()?;
@@ -138,48 +143,57 @@ pub(super) async fn forward(
     // that wins a probe). If that admits none, every candidate is down: a
     // second pass tries them anyway rather than answer without trying.
     let n = candidates.len();
+    let refuse = config.when_all_down == AllDown::Refuse;
+    let over_time = || {
+        retry
+            .total_timeout
+            .is_some_and(|limit| first_try.elapsed() >= limit)
+    };
     for index in 0..n * 2 {
         let second_pass = index >= n;
-        if second_pass && (all_down || attempts > 0 || at_capacity > 0 || request.is_none()) {
+        if second_pass
+            && (all_down || refuse || attempts > 0 || at_capacity > 0 || request.is_none())
+        {
             break;
         }
         let id = candidates[index % n];
         let anyway = all_down || second_pass;
-        if attempts > config.retries {
+        // No further attempt of any kind starts after the total timeout.
+        if attempts > config.retries || (attempts > 0 && over_time()) {
+            break;
+        }
+        // The request went out before: this is a retry proper, possible only
+        // when the request can be replayed.
+        let is_retry = request.is_none();
+        if is_retry && !replay.available() {
             break;
         }
         let stats = &pool.stats[id as usize];
-        if !anyway && !stats.admit(config.ejection.base) {
+        let admission = if anyway {
+            Admission::Yes
+        } else {
+            stats.admit(config.ejection.base)
+        };
+        if !admission.admitted() {
             continue;
         }
-        // No further attempt of any kind starts after the total timeout.
-        if attempts > 0
-            && retry
-                .total_timeout
-                .is_some_and(|limit| first_try.elapsed() >= limit)
-        {
+        let Some(in_flight) = stats.try_start_request(config.max_connections_per_backend) else {
+            stats.give_back(admission);
+            at_capacity += 1;
+            continue;
+        };
+        if is_retry && !pool.budget.withdraw() {
+            stats.give_back(admission);
+            Metrics::inc(&ctx.metrics.retry_budget_exhausted);
             break;
         }
-        let next = match request.take() {
-            // Nothing of it was sent yet: any request may go.
-            Some(next) => next,
-            // It went out before: a retry proper, within the policy.
-            None => {
-                let Some(again) = replay.request() else { break };
-                if !pool.budget.withdraw() {
-                    Metrics::inc(&ctx.metrics.retry_budget_exhausted);
-                    break;
-                }
-                again
-            }
+        let Some(next) = request.take().or_else(|| replay.request()) else {
+            stats.give_back(admission);
+            break;
         };
+        let probe = matches!(admission, Admission::Probe { .. });
         let backend = &config.backends[id as usize];
         let target = pool.target(id as usize);
-        let Some(in_flight) = stats.try_start_request(config.max_connections_per_backend) else {
-            at_capacity += 1;
-            request = Some(next);
-            continue;
-        };
         if attempts > 0 {
             Metrics::inc(&ctx.metrics.retries);
         }
@@ -200,6 +214,7 @@ pub(super) async fn forward(
             error: UpstreamError::SentNoResponse { reused: true, .. },
             ..
         }) = &outcome
+            && !over_time()
             && let Some(again) = replay.request()
         {
             Metrics::inc(&ctx.metrics.fresh_connection_retries);
@@ -219,7 +234,7 @@ pub(super) async fn forward(
                 stats.record_latency(started.elapsed());
                 let status = exchange.response.status();
                 if config.ejection.counts_status(status.as_u16()) {
-                    backend_failed(ctx, pool, id, stats, &format!("answered {status}"));
+                    backend_failed(ctx, pool, id, probe, &format!("answered {status}"));
                 } else if stats.record_success() {
                     tracing::info!(pool = %config.name, backend = %backend.address, "backend is back");
                 }
@@ -252,7 +267,7 @@ pub(super) async fn forward(
             Metrics::inc(&ctx.metrics.upstream_connect_errors);
         }
         if failure.error.counts_as_backend_failure() {
-            backend_failed(ctx, pool, id, stats, &failure.error.to_string());
+            backend_failed(ctx, pool, id, probe, &failure.error.to_string());
         }
         let allowed = match &failure.error {
             UpstreamError::TimedOut { .. } => retry.on_timeout,
@@ -280,6 +295,18 @@ pub(super) async fn forward(
             ),
         );
     }
+    if attempts == 0 && refuse {
+        // Every candidate turned out down after all (another request took
+        // the probe, a check flipped): as when_all_down says.
+        Metrics::inc(&ctx.metrics.service_unavailable);
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "veer: every backend of pool {} is down or failing its health checks\n",
+                config.name
+            ),
+        );
+    }
     if let Some(error) = &last_error
         && matches!(error, UpstreamError::TimedOut { .. })
     {
@@ -299,9 +326,11 @@ pub(super) async fn forward(
     )
 }
 
-/// Counts a failure against backend `id`; logs when that ejects it.
-fn backend_failed(ctx: &Shared, pool: &Pool, id: u32, stats: &BackendStats, what: &str) {
-    if let Some(length) = stats.record_failure(&pool.config.ejection, &pool.stats) {
+/// Counts a failure against backend `id` (`probe`: the attempt was its
+/// probe); logs when that ejects it.
+fn backend_failed(ctx: &Shared, pool: &Pool, id: u32, probe: bool, what: &str) {
+    let stats = &pool.stats[id as usize];
+    if let Some(length) = stats.record_failure(&pool.config.ejection, &pool.stats, probe) {
         Metrics::inc(&ctx.metrics.ejections);
         let backend = &pool.config.backends[id as usize];
         tracing::warn!(pool = %pool.config.name, backend = %backend.address, "backend ejected for {length:?}: {what}");

@@ -147,6 +147,13 @@ impl Progress {
         })))
     }
 
+    /// Whether [`Progress::replay`] would give the body.
+    pub fn can_replay(&self) -> bool {
+        self.is_done()
+            && self.failure().is_none()
+            && self.kept.lock().is_ok_and(|kept| kept.is_some())
+    }
+
     /// Keeps a copy of `frame` while the body stays within its limit.
     fn keep(&self, frame: &Frame<Bytes>) {
         let Ok(mut kept) = self.kept.lock() else {

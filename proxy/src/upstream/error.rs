@@ -74,6 +74,24 @@ pub enum ConnectFailure {
     Handshake(hyper::Error),
     /// The TLS handshake failed (certificate not trusted, wrong name, …).
     Tls(std::io::Error),
+    /// An HTTP/2 connection another request was opening, which this one
+    /// waited for, failed (counted against the backend once, for that
+    /// request).
+    Shared(String),
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectFailure::Io(e) => write!(f, "{e}"),
+            ConnectFailure::TimedOut(after) => write!(f, "timed out after {after:?}"),
+            ConnectFailure::Handshake(e) => write!(f, "handshake: {e}"),
+            ConnectFailure::Tls(e) => write!(f, "TLS handshake: {e}"),
+            ConnectFailure::Shared(reason) => {
+                write!(f, "the connection it waited for failed: {reason}")
+            }
+        }
+    }
 }
 
 /// Whether a failed attempt may be tried again (elsewhere or on a fresh
@@ -108,6 +126,10 @@ impl UpstreamError {
         match self {
             UpstreamError::SentNoResponse { reused, .. } => !reused,
             UpstreamError::ClosedBeforeSend { .. } => false,
+            UpstreamError::Connect {
+                reason: ConnectFailure::Shared(_),
+                ..
+            } => false,
             // Out of descriptors or local ports: this host's trouble.
             UpstreamError::Connect {
                 reason: ConnectFailure::Io(e),
@@ -126,14 +148,7 @@ impl UpstreamError {
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UpstreamError::Connect { addr, reason } => match reason {
-                ConnectFailure::Io(e) => write!(f, "connect to {addr}: {e}"),
-                ConnectFailure::TimedOut(after) => {
-                    write!(f, "connect to {addr}: timed out after {after:?}")
-                }
-                ConnectFailure::Handshake(e) => write!(f, "handshake with {addr}: {e}"),
-                ConnectFailure::Tls(e) => write!(f, "TLS handshake with {addr}: {e}"),
-            },
+            UpstreamError::Connect { addr, reason } => write!(f, "connect to {addr}: {reason}"),
             UpstreamError::ClosedBeforeSend { addr, source } => write!(
                 f,
                 "connection to {addr} closed before the request was sent: {source}"

@@ -1,48 +1,66 @@
 //! HTTP/2 to backends (`protocol = "h2c"` or `"h2"`): each worker keeps its
 //! own connections to each backend and sends many requests on each, at most
-//! `max_streams_per_connection` at a time; one more opens another
-//! connection. A connection being opened is listed at once, so a burst of
-//! requests waits for it (up to the cap) instead of each opening its own. A
-//! stream's place is freed when its response is done or dropped
-//! ([`StreamSlot`]). Connections without streams for `idle_timeout_ms` are
-//! closed by the worker's sweep.
+//! `max_streams_per_connection` at a time (and never more than the backend's
+//! own limit); one more opens another connection.
+//!
+//! A connection is opened by a task of its own and listed at once, so a
+//! burst of requests waits for it (up to the cap) instead of each opening
+//! its own, and a request that gives up while it opens does not fail the
+//! others. Only the request that opened it holds a failed open against the
+//! backend. A stream's place is freed when its response is done or dropped
+//! ([`StreamSlot`]). Connections without a stream for `idle_timeout_ms` are
+//! closed by the worker's sweep; idle or not, a connection whose backend
+//! stops answering PINGs is closed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri, Version};
 use hyper::client::conn::http2;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use super::pool::{Key, Lease};
-use super::{Connection, Exchange, SendFailure, Target, UpstreamError, after_send, connect_stream};
+use super::{
+    ConnectFailure, Connection, Dial, Exchange, SendFailure, Target, UpstreamError, after_send,
+    connect_stream,
+};
 use crate::config::Protocol;
 use crate::http::body::RequestBody;
-use crate::stats::Metrics;
+use crate::stats::{Metrics, now_ms};
 
 type H2Sender = http2::SendRequest<RequestBody>;
 
-/// A connection's handshake: `None` while it runs, then the sender or why
-/// it failed.
-type Opening = tokio::sync::watch::Receiver<Option<Result<H2Sender, String>>>;
+/// A connection's opening: `None` while it runs, then the sender or why it
+/// failed.
+type Opening = watch::Receiver<Option<Result<H2Sender, String>>>;
+
+/// PINGs on every connection, idle or not: a backend that stops answering
+/// them (a half-open connection) has its connection closed.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct H2Conn {
     opening: Opening,
-    /// Streams in flight on it.
-    streams: Arc<AtomicU32>,
+    /// Streams in flight on it, and when the last one ended.
+    use_: StreamUse,
     /// The backend's limit on concurrent streams (its SETTINGS), as last
     /// seen by the connection task.
     backend_limit: Arc<AtomicU32>,
-    /// When it last had no stream, for the idle sweep.
-    idle_since: Instant,
-    idle_timeout: std::time::Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Clone, Default)]
+struct StreamUse {
+    streams: Arc<AtomicU32>,
+    last_used_ms: Arc<AtomicU64>,
 }
 
 /// Where a listed connection is.
@@ -72,11 +90,19 @@ thread_local! {
 }
 
 /// One stream's place on a shared connection; freed on drop.
-pub struct StreamSlot(Arc<AtomicU32>);
+pub struct StreamSlot(StreamUse);
+
+impl StreamUse {
+    fn take(&self) -> StreamSlot {
+        self.streams.fetch_add(1, Relaxed);
+        StreamSlot(self.clone())
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.last_used_ms.store(now_ms(), Relaxed);
+        self.0.streams.fetch_sub(1, Relaxed);
     }
 }
 
@@ -105,74 +131,91 @@ pub(super) async fn send(
 ) -> Result<Exchange, SendFailure> {
     let key = target.pool_key();
     let mut request = for_h2(request, target.protocol);
-    if which == Connection::PooledOrNew {
-        while let Some((opening, slot)) = checkout(key, target.max_streams) {
-            let mut sender = match opened(opening).await {
-                Ok(sender) => sender,
-                // The connection this request waited for was not made.
+    let pooled = which == Connection::PooledOrNew;
+    loop {
+        let listed = if pooled {
+            checkout(key, target.max_streams)
+        } else {
+            None
+        };
+        let (mut sender, slot, shared) = match listed {
+            Some((opening, slot)) => match opened(opening).await {
+                Ok(sender) => (sender, slot, true),
+                // The connection this request waited for was not made: not
+                // this request's failure to count, but nothing was sent.
                 Err(reason) => {
                     return Err(SendFailure {
                         error: UpstreamError::Connect {
                             addr: target.addr,
-                            reason: super::ConnectFailure::Io(std::io::Error::other(reason)),
+                            reason: ConnectFailure::Shared(reason),
                         },
                         unsent: Some(Box::new(from_h2(request))),
                     });
                 }
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    return Ok(Exchange {
-                        response,
-                        lease: Lease::H2(slot),
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    // The connection went away before this stream opened:
-                    // try another.
-                    Some(unsent) => request = unsent,
-                    None => {
+            },
+            None => {
+                Metrics::inc(&metrics.upstream_connects);
+                match open(target, tracker).await {
+                    Ok((sender, slot)) => (sender, slot, false),
+                    Err(reason) => {
                         return Err(SendFailure {
-                            error: after_send(target.addr, true, e.into_error()),
-                            unsent: None,
+                            error: UpstreamError::Connect {
+                                addr: target.addr,
+                                reason,
+                            },
+                            unsent: Some(Box::new(from_h2(request))),
                         });
                     }
-                },
+                }
             }
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                return Ok(Exchange {
+                    response,
+                    lease: Lease::H2(slot),
+                });
+            }
+            Err(mut e) => match e.take_message() {
+                // The connection went away before this stream opened: try
+                // another, or a new one.
+                Some(unsent) if shared => request = unsent,
+                Some(unsent) => {
+                    return Err(SendFailure {
+                        error: UpstreamError::ClosedBeforeSend {
+                            addr: target.addr,
+                            source: e.into_error(),
+                        },
+                        unsent: Some(Box::new(from_h2(unsent))),
+                    });
+                }
+                None => {
+                    return Err(SendFailure {
+                        error: stream_failed(target, e.into_error()),
+                        unsent: None,
+                    });
+                }
+            },
         }
     }
-    Metrics::inc(&metrics.upstream_connects);
-    let (mut sender, slot) = match connect(target, tracker).await {
-        Ok(fresh) => fresh,
-        Err(reason) => {
-            return Err(SendFailure {
-                error: UpstreamError::Connect {
-                    addr: target.addr,
-                    reason,
-                },
-                unsent: Some(Box::new(from_h2(request))),
-            });
+}
+
+/// A stream that failed after it was sent. A backend that refused it
+/// unprocessed (`REFUSED_STREAM`, RFC 9113 §8.7) is treated like a pooled
+/// connection closed while idle: a replayable request may be sent again on a
+/// fresh connection, not held against the backend. Anything else (a reset,
+/// the connection dying) is the backend's failure.
+fn stream_failed(target: Target<'_>, error: hyper::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut refused = false;
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            break;
         }
-    };
-    match sender.try_send_request(request).await {
-        Ok(response) => Ok(Exchange {
-            response,
-            lease: Lease::H2(slot),
-        }),
-        Err(mut e) => match e.take_message() {
-            Some(unsent) => Err(SendFailure {
-                error: UpstreamError::ClosedBeforeSend {
-                    addr: target.addr,
-                    source: e.into_error(),
-                },
-                unsent: Some(Box::new(from_h2(unsent))),
-            }),
-            None => Err(SendFailure {
-                error: after_send(target.addr, false, e.into_error()),
-                unsent: None,
-            }),
-        },
+        source = e.source();
     }
+    after_send(target.addr, refused, error)
 }
 
 /// A connection to `key` (open, or being opened) with a free stream, its
@@ -185,7 +228,7 @@ fn checkout(key: Key, max_streams: u32) -> Option<(Opening, StreamSlot)> {
         // The backend's own limit (its SETTINGS) counts too: past it, hyper
         // would queue the stream on this connection instead of opening one.
         let conn = list.iter().find(|c| {
-            let streams = c.streams.load(Relaxed);
+            let streams = c.use_.streams.load(Relaxed);
             streams < max_streams
                 && match c.status() {
                     Status::Opening => true,
@@ -195,8 +238,7 @@ fn checkout(key: Key, max_streams: u32) -> Option<(Opening, StreamSlot)> {
                     Status::Dead => false,
                 }
         })?;
-        conn.streams.fetch_add(1, Relaxed);
-        Some((conn.opening.clone(), StreamSlot(conn.streams.clone())))
+        Some((conn.opening.clone(), conn.use_.take()))
     })
 }
 
@@ -209,56 +251,76 @@ async fn opened(mut opening: Opening) -> Result<H2Sender, String> {
     done.clone().expect("waited for Some")
 }
 
-/// Opens a connection, listed at once for this worker's later requests,
-/// and takes one stream on it.
-async fn connect(
+/// Opens a connection in a task of its own, listed at once for this
+/// worker's later requests, and takes one stream on it.
+async fn open(
     target: Target<'_>,
     tracker: &TaskTracker,
-) -> Result<(H2Sender, StreamSlot), super::ConnectFailure> {
-    let (done, opening) = tokio::sync::watch::channel(None);
-    let streams = Arc::new(AtomicU32::new(1));
-    let backend_limit = Arc::new(AtomicU32::new(u32::MAX));
+) -> Result<(H2Sender, StreamSlot), ConnectFailure> {
+    let (done, opening) = watch::channel(None);
+    let conn = H2Conn {
+        opening,
+        use_: StreamUse::default(),
+        backend_limit: Arc::new(AtomicU32::new(u32::MAX)),
+        idle_timeout: target.idle_timeout,
+    };
+    let slot = conn.use_.take();
+    let backend_limit = conn.backend_limit.clone();
     if !super::pool::draining() {
         CONNS.with(|conns| {
             conns
                 .borrow_mut()
                 .entry(target.pool_key())
                 .or_default()
-                .push(H2Conn {
-                    opening,
-                    streams: streams.clone(),
-                    backend_limit: backend_limit.clone(),
-                    idle_since: Instant::now(),
-                    idle_timeout: target.idle_timeout,
-                })
+                .push(conn)
         });
     }
-    match handshake(target, tracker, backend_limit).await {
-        Ok(sender) => {
-            done.send_replace(Some(Ok(sender.clone())));
-            Ok((sender, StreamSlot(streams)))
-        }
-        Err(e) => {
-            done.send_replace(Some(Err(format!("{e:?}"))));
-            Err(e)
-        }
+    let (typed, result) = oneshot::channel();
+    let (dial, max_streams, task_tracker) = (target.dial(), target.max_streams, tracker.clone());
+    tracker.spawn(async move {
+        let opened = handshake(dial, max_streams, &task_tracker, backend_limit).await;
+        done.send_replace(Some(match &opened {
+            Ok(sender) => Ok(sender.clone()),
+            Err(e) => Err(e.to_string()),
+        }));
+        let _ = typed.send(opened);
+    });
+    match result.await {
+        Ok(Ok(sender)) => Ok((sender, slot)),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(ConnectFailure::Shared(
+            "the connection task ended (shutting down)".into(),
+        )),
     }
 }
 
+/// Connects and starts HTTP/2, all within `connect_timeout`; the connection
+/// runs as a tracked task that keeps `backend_limit` up to date.
 async fn handshake(
-    target: Target<'_>,
+    dial: Dial,
+    max_streams: u32,
     tracker: &TaskTracker,
     backend_limit: Arc<AtomicU32>,
-) -> Result<H2Sender, super::ConnectFailure> {
-    let stream = connect_stream(target).await?;
-    let mut builder = http2::Builder::new(Tracked(tracker.clone()));
-    builder
-        .initial_max_send_streams(target.max_streams as usize)
-        .max_concurrent_reset_streams(64);
-    let (sender, connection) = builder
-        .handshake(TokioIo::new(stream))
+) -> Result<H2Sender, ConnectFailure> {
+    let limit = dial.connect_timeout;
+    let connecting = async {
+        let stream = connect_stream(dial).await?;
+        let mut builder = http2::Builder::new(Tracked(tracker.clone()));
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_max_send_streams(max_streams as usize)
+            .max_concurrent_reset_streams(64);
+        builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectFailure::Handshake)
+    };
+    let (sender, connection) = tokio::time::timeout(limit, connecting)
         .await
-        .map_err(super::ConnectFailure::Handshake)?;
+        .map_err(|_| ConnectFailure::TimedOut(limit))??;
     tracker.spawn(async move {
         let mut connection = Box::pin(connection);
         let ended = std::future::poll_fn(|cx| {
@@ -276,24 +338,26 @@ async fn handshake(
 }
 
 /// Closes this worker's HTTP/2 connections that have had no stream for
-/// their idle timeout (all of them that have none when `all`), and forgets
-/// closed ones.
+/// their idle timeout (all of them when `all`, at shutdown: streams in
+/// flight finish first), and forgets closed ones.
 pub(super) fn sweep(all: bool) {
-    let now = Instant::now();
+    let now = now_ms();
     CONNS.with(|conns| {
         let mut conns = conns.borrow_mut();
         conns.retain(|_, list| {
-            list.retain_mut(|c| {
+            list.retain(|c| {
+                if all {
+                    return false;
+                }
                 match c.status() {
-                    Status::Dead => return false,
-                    Status::Opening => return true,
-                    Status::Open(_) => {}
+                    Status::Dead => false,
+                    Status::Opening => true,
+                    Status::Open(_) => {
+                        c.use_.streams.load(Relaxed) != 0
+                            || now.saturating_sub(c.use_.last_used_ms.load(Relaxed))
+                                < c.idle_timeout.as_millis() as u64
+                    }
                 }
-                if c.streams.load(Relaxed) != 0 {
-                    c.idle_since = now;
-                    return !all;
-                }
-                !all && now.duration_since(c.idle_since) < c.idle_timeout
             });
             !list.is_empty()
         });

@@ -201,6 +201,18 @@ impl Target<'_> {
         )
     }
 
+    /// What opening a connection to this backend needs, owned.
+    pub fn dial(&self) -> Dial {
+        Dial {
+            addr: self.addr,
+            tls: self
+                .tls
+                .map(|(client, id)| (client.connector.clone(), client.name(id).0.clone())),
+            connect_timeout: self.connect_timeout,
+            protocol: self.protocol,
+        }
+    }
+
     fn slot(&self) -> pool::Slot {
         pool::Slot {
             key: self.pool_key(),
@@ -213,27 +225,44 @@ impl Target<'_> {
 /// A connection to a backend: TCP, or TLS over TCP.
 pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
+/// What opening a connection to a backend needs, owned, so a connection can
+/// be opened by a task of its own.
+#[derive(Clone)]
+pub struct Dial {
+    /// The backend's address.
+    pub addr: SocketAddr,
+    /// HTTPS: the pool's connector and the name to verify.
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+    /// Time to establish the connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// How the backend will be spoken to (`h2` needs ALPN `h2`).
+    pub protocol: Protocol,
+}
+
 /// Connects: TCP, then TLS for an HTTPS backend, both within
 /// `connect_timeout`. For an `h2` pool the backend must agree to HTTP/2 in
 /// ALPN.
-pub async fn connect_stream(target: Target<'_>) -> Result<Stream, ConnectFailure> {
+pub async fn connect_stream(dial: Dial) -> Result<Stream, ConnectFailure> {
+    let Dial {
+        addr,
+        tls,
+        connect_timeout,
+        protocol,
+    } = dial;
     let connecting = async {
-        let stream = TcpStream::connect(target.addr)
-            .await
-            .map_err(ConnectFailure::Io)?;
+        let stream = TcpStream::connect(addr).await.map_err(ConnectFailure::Io)?;
         let _ = stream.set_nodelay(true);
-        match target.tls {
+        match tls {
             None => Ok(Either::Left(stream)),
-            Some((client, id)) => {
-                let (name, _) = client.name(id);
-                let stream = client
-                    .connector
-                    .connect(name.clone(), stream)
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name, stream)
                     .await
-                    .map_err(|e| ConnectFailure::Tls(with_alpn_hint(e, target.protocol)))?;
-                if target.protocol == Protocol::H2
-                    && stream.get_ref().1.alpn_protocol() != Some(b"h2")
-                {
+                    .map_err(|e| ConnectFailure::Tls(with_alpn_hint(e, protocol)))?;
+                if protocol == Protocol::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err(ConnectFailure::Tls(std::io::Error::other(
                         "the backend did not agree to HTTP/2 (ALPN h2); set the pool's protocol to \"http1\"",
                     )));
@@ -242,9 +271,9 @@ pub async fn connect_stream(target: Target<'_>) -> Result<Stream, ConnectFailure
             }
         }
     };
-    tokio::time::timeout(target.connect_timeout, connecting)
+    tokio::time::timeout(connect_timeout, connecting)
         .await
-        .map_err(|_| ConnectFailure::TimedOut(target.connect_timeout))?
+        .map_err(|_| ConnectFailure::TimedOut(connect_timeout))?
 }
 
 /// A handshake a backend refused for want of a common application protocol
@@ -260,7 +289,7 @@ fn with_alpn_hint(e: std::io::Error, protocol: Protocol) -> std::io::Error {
 
 /// Connects (see [`connect_stream`]) and starts an HTTP/1.1 connection.
 async fn connect(target: Target<'_>, tracker: &TaskTracker) -> Result<Sender, ConnectFailure> {
-    let stream = connect_stream(target).await?;
+    let stream = connect_stream(target.dial()).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
