@@ -30,6 +30,9 @@ workers = 1
 [plugins]
 dir = ""   # no plugin folder for the demo
 
+[admin]    # metrics, the admin API and the dashboard
+listen = "{admin}"
+
 [tls]      # HTTPS with a self-signed certificate made at start
 listen = "{tls_listen}"
 certificates = [{ cert = "{cert}", key = "{key}" }]
@@ -47,6 +50,7 @@ pub const BACKEND_HEADER: &str = "x-veer-backend";
 pub fn demo_config(
     listen: SocketAddr,
     tls_listen: SocketAddr,
+    admin: SocketAddr,
     cert: &Path,
     key: &Path,
     backends: &[SocketAddr],
@@ -55,6 +59,7 @@ pub fn demo_config(
     DEMO_CONFIG
         .replace("{listen}", &listen.to_string())
         .replace("{tls_listen}", &tls_listen.to_string())
+        .replace("{admin}", &admin.to_string())
         .replace("{cert}", &cert.display().to_string())
         .replace("{key}", &key.display().to_string())
         .replace("{backends}", &list.join(", "))
@@ -87,18 +92,23 @@ impl Drop for TempFolder {
 }
 
 /// Runs the demo until SIGTERM or SIGINT (a second one exits at once).
-pub async fn serve(listen: SocketAddr, tls_listen: SocketAddr) -> Result<(), Error> {
+pub async fn serve(
+    listen: SocketAddr,
+    tls_listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<(), Error> {
     let signals = crate::listen::signal::Signals::install()?;
     let first = async move {
         let _ = signals.first.await;
     };
-    crate::until_second_signal(run(listen, tls_listen, first), signals.second).await
+    crate::until_second_signal(run(listen, tls_listen, admin, first), signals.second).await
 }
 
 /// Runs the demo until `shutdown`.
 pub async fn run(
     listen: SocketAddr,
     tls_listen: SocketAddr,
+    admin: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let cancel = CancellationToken::new();
@@ -122,7 +132,7 @@ pub async fn run(
         ));
     }
     let (_folder, cert, key) = self_signed()?;
-    let text = demo_config(listen, tls_listen, &cert, &key, &backends);
+    let text = demo_config(listen, tls_listen, admin, &cert, &key, &backends);
     let config = Config::from_toml(&text, Path::new("."))?;
     let server = crate::Server::bind(config)?;
     let addr = server.local_addr();
@@ -134,6 +144,11 @@ pub async fn run(
     println!(
         "      curl -k https://{https}/hello          (self-signed certificate; add --http2 for h2 by ALPN)"
     );
+    if let Some(admin) = server.admin_addr() {
+        println!(
+            "Dashboard: http://{admin}/   metrics: http://{admin}/metrics   API: http://{admin}/api/pools"
+        );
+    }
     println!("(configuration in use:)\n{text}");
     let result = server.run(shutdown).await;
     cancel.cancel();

@@ -49,6 +49,7 @@ pub mod demo;
 mod error;
 mod http;
 mod listen;
+mod metrics;
 mod plugin;
 mod stall;
 mod state;
@@ -61,7 +62,7 @@ pub use config::Config;
 pub use control::reload::Handle;
 pub use error::{ConfigError, Error, PluginError};
 pub use listen::Server;
-pub use stats::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot};
 
 /// Serves `config` until `shutdown` completes, then drains in-flight requests.
 /// SIGHUP reloads the configuration file. For embedding and tests; the
@@ -205,7 +206,8 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
 pub mod internals {
     pub use crate::config::{PluginLimits, PluginSettings};
     pub use crate::control::registry::Registry;
+    pub use crate::metrics::Metrics;
     pub use crate::plugin::balancer::{Balancer, BalancerSettings};
     pub use crate::plugin::{BackendInfo, Instance, Limits, RequestScope, Runtime};
-    pub use crate::stats::{BackendStats, Metrics};
+    pub use crate::stats::BackendStats;
 }

@@ -39,6 +39,9 @@ enum Command {
         /// Where it listens for HTTPS (a self-signed certificate).
         #[arg(long, default_value = "127.0.0.1:8443")]
         tls_listen: SocketAddr,
+        /// Where the admin listener (dashboard, metrics, API) listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
     },
 }
 
@@ -107,8 +110,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { listen, tls_listen } => control_runtime()?
-            .block_on(veer::demo::serve(listen, tls_listen))
+        Command::Demo {
+            listen,
+            tls_listen,
+            admin_listen,
+        } => control_runtime()?
+            .block_on(veer::demo::serve(listen, tls_listen, admin_listen))
             .context("the demo stopped"),
     }
 }

@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use crate::config::{PoolConfig, Route, ServerSettings};
+use crate::metrics::Metrics;
+use crate::metrics::traffic::{PoolTraffic, RouteTraffic};
 use crate::plugin::balancer::Balancer;
-use crate::stats::{BackendStats, Metrics};
+use crate::stats::BackendStats;
 
 /// Routes and pools: what a configuration turns into at run time.
 pub struct State {
@@ -17,22 +19,25 @@ pub struct State {
     pub routes: Vec<Route>,
     /// By index, as routes refer to them.
     pub pools: Vec<Arc<Pool>>,
+    /// Requests by route (index into `routes`; one more for no route).
+    pub traffic: RouteTraffic,
 }
 
 impl State {
-    /// The pool for a request to `host` (any case, no port) and the
-    /// normalised `path`: the first route (most specific first) whose host
-    /// matches and whose prefix `path` falls under on a segment boundary.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
+    /// The route (its index) and pool for a request to `host` (any case,
+    /// no port) and the normalised `path`: the first route (most specific
+    /// first) whose host matches and whose prefix `path` falls under on a
+    /// segment boundary.
+    pub fn route(&self, host: &str, path: &str) -> Option<(usize, &Arc<Pool>)> {
         self.routes
             .iter()
-            .find(|r| {
+            .position(|r| {
                 r.host
                     .as_deref()
                     .is_none_or(|h| h.eq_ignore_ascii_case(host))
                     && crate::http::path_under(path, &r.path_prefix)
             })
-            .map(|r| &self.pools[r.pool])
+            .map(|i| (i, &self.pools[self.routes[i].pool]))
     }
 }
 
@@ -48,6 +53,8 @@ pub struct Pool {
     pub tls: Option<crate::upstream::TlsClient>,
     /// How many retries the pool may still make.
     pub budget: crate::http::RetryBudget,
+    /// Responses and failures by backend.
+    pub traffic: PoolTraffic,
 }
 
 impl Pool {
@@ -76,4 +83,6 @@ pub struct Shared {
     pub https_port: Option<u16>,
     /// ACME HTTP-01 answers, when certificates are automatic.
     pub acme: Option<Arc<crate::listen::tls::Challenges>>,
+    /// Set while the workers serve (readiness); cleared on shutdown.
+    pub serving: std::sync::atomic::AtomicBool,
 }

@@ -42,6 +42,10 @@ pub struct BackendStats {
     returned_ms: AtomicU64,
     /// Active health checks say the backend is unhealthy.
     check_failed: AtomicBool,
+    /// Drained through the admin API: no new requests.
+    drained: AtomicBool,
+    /// Times ejected, ever.
+    ejections_total: AtomicU64,
 }
 
 /// Weight of a new latency sample in the EWMA, as a right shift: 1/8.
@@ -72,11 +76,28 @@ impl BackendStats {
     /// the "are all candidates down" check; to send a request, use
     /// [`BackendStats::admit`].
     pub fn is_up(&self) -> bool {
-        if self.check_failed.load(Relaxed) {
+        if self.check_failed.load(Relaxed) || self.drained.load(Relaxed) {
             return false;
         }
         let until = self.down_until_ms.load(Relaxed);
         until == 0 || until <= now_ms()
+    }
+
+    /// Whether the backend is drained (no new requests; those in flight
+    /// finish).
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Relaxed)
+    }
+
+    /// Drains the backend, or takes it back; returns whether that changed
+    /// anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Relaxed) != drained
+    }
+
+    /// Times the backend was ejected.
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Relaxed)
     }
 
     /// Whether active health checks say the backend is unhealthy.
@@ -98,7 +119,7 @@ impl BackendStats {
     /// `probe_window` unless the probe succeeds (or the claim is given back
     /// unused, [`BackendStats::give_back`]).
     pub fn admit(&self, probe_window: Duration) -> Admission {
-        if self.check_failed.load(Relaxed) {
+        if self.check_failed.load(Relaxed) || self.drained.load(Relaxed) {
             return Admission::No;
         }
         let until = self.down_until_ms.load(Relaxed);
@@ -287,6 +308,7 @@ impl BackendStats {
             return None;
         }
         self.ejections.store(n, Relaxed);
+        self.ejections_total.fetch_add(1, Relaxed);
         Some(length)
     }
 }
@@ -329,153 +351,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Declares [`Metrics`] (atomic counters) and [`MetricsSnapshot`] (a copy of
-/// them) from one list, so the two cannot drift apart.
-macro_rules! metrics {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// Process-wide counters. Read them with [`Metrics::snapshot`].
-        #[derive(Debug, Default)]
-        pub struct Metrics {
-            $($(#[doc = $doc])* pub $name: AtomicU64,)*
-        }
-
-        /// A copy of [`Metrics`] at one moment.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-        pub struct MetricsSnapshot {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl Metrics {
-            /// Reads every counter.
-            pub fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot {
-                    $($name: self.$name.load(Relaxed),)*
-                }
-            }
-        }
-    };
-}
-
-metrics! {
-    /// Requests received downstream.
-    requests,
-    /// Client connections accepted.
-    client_connections_accepted,
-    /// Client connections open now (a gauge).
-    client_connections_open,
-    /// The most client connections open at once since start.
-    client_connections_peak,
-    /// Client connections closed because no complete request head arrived
-    /// within `first_request_timeout_ms` of the accept.
-    client_first_request_timeouts,
-    /// Client connections closed because a request head, once begun, was not
-    /// complete within `header_read_timeout_ms`.
-    client_header_timeouts,
-    /// Idle client connections closed after `keepalive_timeout_ms`.
-    client_idle_closes,
-    /// Client connections closed because the client stopped reading a
-    /// response for `client_send_timeout_ms`.
-    client_send_timeouts,
-    /// Requests refused by the proxy itself as malformed or too large
-    /// (400, 405, 413, 431).
-    bad_requests,
-    /// Request bodies that stalled for `client_body_timeout_ms` (408).
-    client_body_timeouts,
-    /// TLS handshakes completed.
-    tls_handshakes,
-    /// TLS handshakes that failed (garbage, no shared protocol, a refused
-    /// client certificate, …).
-    tls_handshake_failures,
-    /// TLS handshakes not completed within `tls.handshake_timeout_ms`.
-    tls_handshake_timeouts,
-    /// Certificate reloads applied.
-    tls_certificate_reloads,
-    /// Certificate reloads refused (the old certificates kept serving).
-    tls_certificate_reload_refusals,
-    /// Certificates issued by ACME.
-    acme_certificates,
-    /// ACME orders that failed (retried with backoff).
-    acme_failures,
-    /// ACME challenges answered (HTTP-01 tokens served, TLS-ALPN-01
-    /// handshakes): the CA's validator really reached Veer.
-    acme_challenge_answers,
-    /// Plugin calls that trapped.
-    plugin_traps,
-    /// Plugin calls that ran past their deadline.
-    plugin_timeouts,
-    /// `select` answers with no usable backend id.
-    plugin_bad_answers,
-    /// Requests whose backend order came from the host's round robin instead
-    /// of the plugin (after a failure, or while the plugin is backing off).
-    fallback_selections,
-    /// Plugin instances created (per worker, after a failure, on reload).
-    plugin_instantiations,
-    /// New connections to backends attempted (pooled ones reused don't count).
-    upstream_connects,
-    /// Connections to backends that could not be made.
-    upstream_connect_errors,
-    /// Attempts on a further candidate after a failed one (or one that
-    /// answered a status in `retry.on_statuses`).
-    retries,
-    /// Retries not made because the pool's retry budget was spent.
-    retry_budget_exhausted,
-    /// Backends ejected by passive health (failures in a row).
-    ejections,
-    /// Active health checks run.
-    health_checks,
-    /// Active health checks that failed.
-    health_check_failures,
-    /// Backends whose health checks made them unhealthy (flips).
-    backends_marked_unhealthy,
-    /// Requests sent again on a fresh connection to the same backend after a
-    /// reused connection closed without a response (not counted in `retries`).
-    fresh_connection_retries,
-    /// Response bodies from a backend that stalled for `read_timeout_ms`; the
-    /// client's stream was closed.
-    upstream_body_timeouts,
-    /// Response bodies from a backend that broke off mid-way; the client's
-    /// stream was closed.
-    upstream_body_errors,
-    /// Upgraded connections (WebSocket, …) tunnelled to a backend.
-    tunnels,
-    /// Tunnels closed after `read_timeout_ms` without a byte either way.
-    tunnel_idle_closes,
-    /// Plugin files swapped in from the plugin folder.
-    plugin_swaps,
-    /// Plugin files refused (not Wasm, wrong world, trapped or refused in
-    /// `init`, name taken); the running plugin kept serving.
-    plugin_refusals,
-    /// Configuration reloads applied.
-    config_reloads,
-    /// Configuration reloads refused; the running configuration stayed.
-    config_reload_refusals,
-    /// 502 answers.
-    bad_gateway,
-    /// 503 answers.
-    service_unavailable,
-    /// 504 answers.
-    gateway_timeout,
-}
-
-impl Metrics {
-    /// Adds one to a counter.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
-    }
-
-    /// Counts a client connection open (and the high-water mark).
-    pub fn connection_opened(&self) {
-        Metrics::inc(&self.client_connections_accepted);
-        let now = self.client_connections_open.fetch_add(1, Relaxed) + 1;
-        self.client_connections_peak.fetch_max(now, Relaxed);
-    }
-
-    /// Counts a client connection closed.
-    pub fn connection_closed(&self) {
-        self.client_connections_open.fetch_sub(1, Relaxed);
     }
 }
 

@@ -391,7 +391,10 @@ async fn a_thousand_swaps_keep_resident_memory_within_16_mib_of_the_warm_level()
     let config = dir.join("veer.toml");
     std::fs::write(
         &config,
-        folder_config(&dir, &[&a, &b]).replace("debounce_ms = 20", "debounce_ms = 5"),
+        format!(
+            "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            folder_config(&dir, &[&a, &b]).replace("debounce_ms = 20", "debounce_ms = 5")
+        ),
     )
     .unwrap();
     let mut child = Child(

@@ -90,7 +90,12 @@ fn start_veer(dir: &TempDir, toml: &str) -> (std::process::Child, std::net::Sock
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let config = dir.join("veer.toml");
-    std::fs::write(&config, toml.replace("{listen}", &addr.to_string())).unwrap();
+    // Tests run side by side: the admin listener on any free port.
+    let toml = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        toml.replace("{listen}", &addr.to_string())
+    );
+    std::fs::write(&config, toml).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
         .args(["run", "--config"])
         .arg(&config)

@@ -243,6 +243,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The HTTPS listener's address, when the configuration has `[tls]`.
     pub https: Option<SocketAddr>,
+    /// The admin listener's address (on port 0 unless a test sets one).
+    pub admin: Option<SocketAddr>,
     pub metrics: Arc<veer::Metrics>,
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<Result<(), veer::Error>>>,
@@ -259,13 +261,15 @@ impl Proxy {
     pub async fn try_start(toml: &str) -> Result<Proxy, veer::Error> {
         let config =
             veer::Config::from_toml(toml, std::path::Path::new(".")).expect("test config is valid");
-        let server = veer::Server::bind(config)?;
+        let server = veer::Server::bind(admin_on_any_port(config))?;
         let cancel = CancellationToken::new();
         let (addr, metrics, https) = (server.local_addr(), server.metrics(), server.https_addr());
+        let admin = server.admin_addr();
         let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
         Ok(Proxy {
             addr,
             https,
+            admin,
             metrics,
             cancel,
             running: Some(running),
@@ -288,15 +292,17 @@ impl Proxy {
     }
 
     fn serve(config: veer::Config) -> (Proxy, veer::Handle) {
-        let server = veer::Server::bind(config).expect("proxy starts");
+        let server = veer::Server::bind(admin_on_any_port(config)).expect("proxy starts");
         let handle = server.handle();
         let cancel = CancellationToken::new();
         let (addr, metrics, https) = (server.local_addr(), server.metrics(), server.https_addr());
+        let admin = server.admin_addr();
         let running = tokio::spawn(server.run(cancel.clone().cancelled_owned()));
         (
             Proxy {
                 addr,
                 https,
+                admin,
                 metrics,
                 cancel,
                 running: Some(running),
@@ -320,6 +326,15 @@ impl Proxy {
     pub async fn stopped(mut self) {
         self.running.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+/// Tests run side by side: the admin listener's default port (9901) would
+/// be taken by the first. Unless a test chose an address, port 0.
+fn admin_on_any_port(mut config: veer::Config) -> veer::Config {
+    if config.admin.listen == Some("127.0.0.1:9901".parse().unwrap()) {
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    config
 }
 
 /// Backends named `names`, started in order.

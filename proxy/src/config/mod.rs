@@ -22,6 +22,7 @@
 //!
 //! Errors name the key path (`pools.web.backends[1].weight`) and the reason.
 
+mod admin;
 mod health;
 mod outlier;
 mod plugins;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+pub use admin::{AdminSection, AdminSettings};
 pub use health::{CheckKind, HealthCheck, HealthSection, HttpCheck};
 pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
@@ -58,6 +60,9 @@ pub struct ConfigFile {
     /// Listener and worker settings.
     #[serde(default)]
     pub server: ServerSection,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: AdminSection,
     /// The HTTPS listener, if any.
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -80,6 +85,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Listener, workers, connection limits and timeouts.
     pub server: ServerSettings,
+    /// The admin listener.
+    pub admin: AdminSettings,
     /// The HTTPS listener, if any.
     pub tls: Option<TlsSettings>,
     /// Plugin settings.
@@ -132,6 +139,7 @@ impl ConfigFile {
     /// config) and resolves defaults.
     pub fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
+        let admin = self.admin.validate(base_dir)?;
         let tls = self
             .tls
             .as_ref()
@@ -159,6 +167,7 @@ impl ConfigFile {
         Ok(Config {
             source: None,
             server,
+            admin,
             tls,
             plugins,
             routes,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AcmeSettings, Challenge};
 use crate::listen::tls::CertStore;
-use crate::stats::Metrics;
+use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);

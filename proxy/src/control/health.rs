@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{CheckKind, HealthCheck, HttpCheck, Protocol};
+use crate::metrics::Metrics;
 use crate::state::{Pool, Shared};
-use crate::stats::Metrics;
 use crate::upstream::{Tracked, connect_stream};
 
 /// How often the supervisor looks for new or rebuilt pools.

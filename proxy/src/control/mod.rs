@@ -2,9 +2,10 @@
 //! plugins by name and builds the run-time state from a configuration;
 //! [`reload`] watches the plugin folder and the configuration file and swaps
 //! new state in; [`health`] runs active health checks; [`acme`] obtains
-//! certificates. Nothing here is on the request path.
+//! certificates; [`admin`] serves metrics, the admin API and the dashboard. Nothing here is on the request path.
 
 pub mod acme;
+pub mod admin;
 pub mod health;
 pub mod registry;
 pub mod reload;

@@ -17,10 +17,12 @@ use std::sync::Arc;
 use crate::config::{Config, PluginSettings};
 use crate::error::{ConfigError, PluginError};
 use crate::http::RetryBudget;
+use crate::metrics::Metrics;
+use crate::metrics::traffic::{PoolTraffic, RouteTraffic};
 use crate::plugin::balancer::{Balancer, BalancerSettings};
 use crate::plugin::{self, BackendInfo, Plugin};
 use crate::state::{Pool, State};
-use crate::stats::{BackendStats, Metrics};
+use crate::stats::BackendStats;
 use crate::upstream::TlsClient;
 
 mod builtin {
@@ -132,7 +134,7 @@ impl Registry {
             {
                 Ok(plugin) => {
                     tracing::info!(plugin = plugin.name(), version = plugin.version(), file = %path.display(), "plugin loaded from the folder");
-                    self.folder.insert(path, Arc::new(plugin));
+                    self.folder.insert(path, Arc::new(plugin.from_folder()));
                 }
                 Err(reason) => tracing::warn!(file = %path.display(), "plugin refused: {reason}"),
             }
@@ -311,12 +313,14 @@ impl Registry {
                 balancer,
                 tls,
                 budget: RetryBudget::new(&pool.retry, config.server.workers),
+                traffic: PoolTraffic::new(pool.backends.len()),
             }));
         }
         Ok(State {
             server: config.server.clone(),
             routes: config.routes.clone(),
             pools,
+            traffic: RouteTraffic::new(config.routes.len()),
         })
     }
 }

@@ -28,8 +28,8 @@ use crate::listen::tls::CertStore;
 /// The debounce key of certificate reloads (not a real path).
 const CERTS: &str = "\0tls-certificates";
 use crate::control::registry::{Registry, is_plugin_file};
+use crate::metrics::Metrics;
 use crate::state::Shared;
-use crate::stats::Metrics;
 
 /// What the controller is asked to do.
 #[derive(Debug)]
@@ -170,7 +170,7 @@ impl Controller {
         let plugin = match loaded
             .and_then(|p| self.registry.check_folder_name(path, &p).map(|()| p))
         {
-            Ok(plugin) => Arc::new(plugin),
+            Ok(plugin) => Arc::new(plugin.from_folder()),
             Err(reason) => {
                 Metrics::inc(&metrics.plugin_refusals);
                 tracing::warn!(file = %path.display(), "plugin refused, the running one keeps serving: {reason}");

@@ -40,8 +40,9 @@ use tokio_util::task::TaskTracker;
 use super::body::{ClientBodyFailure, Progress, ProxyBody, RequestBody, message};
 use super::{policy, rewrite};
 use crate::config::AllDown;
+use crate::metrics::Metrics;
 use crate::state::{Pool, Shared};
-use crate::stats::{Admission, Metrics, now_ms};
+use crate::stats::{Admission, now_ms};
 use crate::upstream::{
     self, Connection, Exchange, RetrySafety, SendFailure, Target, UpstreamBody, UpstreamError,
 };
@@ -169,7 +170,10 @@ pub(super) async fn forward(
             break;
         }
         let stats = &pool.stats[id as usize];
-        let admission = if anyway {
+        let admission = if stats.is_drained() {
+            // Drained: never, not even when every backend is down.
+            Admission::No
+        } else if anyway {
             Admission::Yes
         } else {
             stats.admit(config.ejection.base)
@@ -231,8 +235,10 @@ pub(super) async fn forward(
         }
         let failure = match outcome {
             Ok(exchange) => {
-                stats.record_latency(started.elapsed());
+                let latency = started.elapsed();
+                stats.record_latency(latency);
                 let status = exchange.response.status();
+                pool.traffic.response(id as usize, status.as_u16(), latency);
                 if config.ejection.counts_status(status.as_u16()) {
                     backend_failed(ctx, pool, id, probe, &format!("answered {status}"));
                 } else if stats.record_success() {
@@ -259,6 +265,7 @@ pub(super) async fn forward(
             Err(failure) => failure,
         };
         drop(in_flight);
+        pool.traffic.failure(id as usize);
         // The client's fault is the client's answer, whatever the backend did.
         if let Some(failed) = progress.as_ref().and_then(|p| p.failure()) {
             return client_failed(ctx, failed);

@@ -25,9 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ForwardPath;
 pub use crate::listen::tls::TlsInfo;
+use crate::metrics::Metrics;
 use crate::plugin::RequestScope;
-use crate::state::Shared;
-use crate::stats::Metrics;
+use crate::state::{Shared, State};
 use body::{ProxyBody, RequestBody, message};
 pub use path::under as path_under;
 pub use policy::RetryBudget;
@@ -68,11 +68,30 @@ static CLIENT_SUBJECT: header::HeaderName =
 static CLIENT_SAN: header::HeaderName = header::HeaderName::from_static("x-client-cert-san");
 
 /// Handles one downstream request; never fails (errors become 4xx/5xx).
+/// Counts it by route and status class, with its time to the response head.
 pub async fn handle(
     ctx: &Shared,
     tracker: &TaskTracker,
     request: Request<Incoming>,
     conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    let started = std::time::Instant::now();
+    let state = ctx.state.load_full();
+    let mut route = None;
+    let response = handle_in(ctx, &state, tracker, request, conn, &mut route).await;
+    state
+        .traffic
+        .answered(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn handle_in(
+    ctx: &Shared,
+    state: &State,
+    tracker: &TaskTracker,
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+    route: &mut Option<usize>,
 ) -> Response<ProxyBody> {
     let client = conn.peer;
     let tls = conn.tls.is_some();
@@ -94,7 +113,6 @@ pub async fn handle(
         return response;
     }
 
-    let state = ctx.state.load();
     let server = &state.server;
     // HTTP/1.1 heads over the limits are refused by hyper already; this also
     // covers HTTP/2, whose header block hyper only bounds in bytes.
@@ -146,12 +164,14 @@ pub async fn handle(
             ),
         );
     }
-    let Some(pool) = state.route(host, &normalized).cloned() else {
+    let Some((index, pool)) = state.route(host, &normalized) else {
         return message(
             StatusCode::NOT_FOUND,
             format!("veer: no route for host {host:?} and path {normalized:?}\n"),
         );
     };
+    *route = Some(index);
+    let pool = pool.clone();
     if let Some(limit) = server.max_body_bytes
         && content_length(&parts.headers).is_some_and(|length| length > limit)
     {
@@ -256,7 +276,6 @@ pub async fn handle(
         parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
-    drop(state);
     // A request the retry policy may send again keeps its body (up to a
     // size) while it streams.
     let retry = &pool.config.retry;

@@ -13,7 +13,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::stats::{Metrics, now_ms};
+use crate::metrics::Metrics;
+use crate::stats::now_ms;
 
 /// Joins the client's and the backend's upgraded connections.
 pub(super) async fn run(

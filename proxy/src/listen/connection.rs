@@ -37,8 +37,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerSettings;
 use crate::http::ConnInfo;
 use crate::http::body::ProxyBody;
+use crate::metrics::Metrics;
 use crate::state::Shared;
-use crate::stats::{Metrics, now_ms};
+use crate::stats::now_ms;
 
 /// How long an HTTP/2 peer gets to close after an idle GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);

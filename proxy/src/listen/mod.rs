@@ -32,9 +32,9 @@ use crate::config::Config;
 use crate::control::registry::Registry;
 use crate::control::reload::{self, Command, Controller, Handle};
 use crate::error::{ConfigError, Error};
+use crate::metrics::Metrics;
 use crate::plugin;
 use crate::state::Shared;
-use crate::stats::Metrics;
 use worker::Worker;
 
 /// A bound, ready-to-run proxy.
@@ -43,6 +43,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The HTTPS listener, if configured.
     https: Option<Https>,
+    /// The admin listener, unless configured off.
+    admin: Option<std::net::TcpListener>,
     config: Config,
     /// The resolved client connection cap.
     max_connections: u32,
@@ -124,7 +126,16 @@ impl Server {
                 .as_ref()
                 .filter(|_| config.tls.as_ref().is_some_and(|t| t.acme.is_some()))
                 .map(|h| h.certs.challenges.clone()),
+            serving: std::sync::atomic::AtomicBool::new(false),
         });
+        let admin = match config.admin.listen {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    socket::bind(addr, 128).map_err(|source| Error::Listen { addr, source })?;
+                Some(listener)
+            }
+        };
         let commands = tokio::sync::mpsc::unbounded_channel();
         // Watch from now on: a change made before `run` is queued, not lost.
         let watcher = reload::watch(&config, commands.0.clone());
@@ -132,6 +143,7 @@ impl Server {
             listener,
             local_addr,
             https,
+            admin,
             config,
             max_connections,
             shared,
@@ -156,6 +168,11 @@ impl Server {
     /// The address the HTTPS listener actually listens on, if there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().map(|h| h.local_addr)
+    }
+
+    /// The address the admin listener actually listens on, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The server's counters.
@@ -233,6 +250,23 @@ impl Server {
             ))),
             _ => None,
         };
+        // The admin listener: one task, stopped after the workers, so that
+        // `/ready` says 503 while connections drain.
+        let admin_cancel = CancellationToken::new();
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(url = %crate::control::admin::url(addr), "admin listener (metrics, API, dashboard)");
+            }
+            tokio::spawn(crate::control::admin::serve(
+                listener,
+                self.config.admin.clone(),
+                self.shared.clone(),
+                Handle {
+                    tx: self.commands.0.clone(),
+                },
+                admin_cancel.clone(),
+            ))
+        });
         // Active health checks: one task, stopped with the rest.
         let health = tokio::spawn(crate::control::health::run(
             self.shared.clone(),
@@ -257,7 +291,13 @@ impl Server {
             watcher: self.watcher,
         };
         let control = tokio::spawn(controller.run(rx, cancel.clone()));
+        self.shared
+            .serving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         shutdown.await;
+        self.shared
+            .serving
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "shutting down: not accepting; draining connections for up to {:?}",
             grace
@@ -270,6 +310,10 @@ impl Server {
         let _ = health.await;
         for rx in finished {
             let _ = rx.await;
+        }
+        admin_cancel.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         drop(plugin_runtime);
         tracing::info!("stopped");

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::connection::{self, Timers};
 use super::tls::{CertStore, ClientIdentity, TlsInfo};
 use crate::http::{ConnInfo, ConnSlot};
+use crate::metrics::Metrics;
 use crate::state::Shared;
-use crate::stats::{Metrics, now_ms};
+use crate::stats::now_ms;
 use crate::upstream;
 
 /// How often a worker closes expired idle upstream connections.

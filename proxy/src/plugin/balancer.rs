@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
 use crate::error::PluginError;
+use crate::metrics::Metrics;
+use crate::metrics::traffic::{PluginEvent, PluginTraffic};
 use crate::plugin::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
-use crate::stats::{BackendStats, Metrics, plugin_log_allowed};
+use crate::stats::{BackendStats, plugin_log_allowed};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -38,6 +40,10 @@ pub struct Balancer {
     instantiations: AtomicU64,
     metrics: Arc<Metrics>,
     slots: ThreadLocal<RefCell<Slot>>,
+    traffic: PluginTraffic,
+    /// Per worker: `now_ms()` until which the plugin is rested there (for
+    /// the admin API; the slot's own copy decides).
+    rested_until: ThreadLocal<AtomicU64>,
 }
 
 /// One worker thread's view of the plugin.
@@ -96,6 +102,8 @@ impl Balancer {
             instantiations: AtomicU64::new(0),
             metrics,
             slots: ThreadLocal::new(),
+            traffic: PluginTraffic::default(),
+            rested_until: ThreadLocal::new(),
         };
         balancer.instantiate()?;
         Ok(balancer)
@@ -104,6 +112,20 @@ impl Balancer {
     /// The plugin serving this pool.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    /// On how many workers the plugin is rested now.
+    pub fn rested_workers(&self) -> usize {
+        let now = crate::stats::now_ms();
+        self.rested_until
+            .iter()
+            .filter(|until| until.load(Ordering::Relaxed) > now)
+            .count()
+    }
+
+    /// What the plugin did: `select` times, failures, fallbacks, rests.
+    pub fn traffic(&self) -> &PluginTraffic {
+        &self.traffic
     }
 
     /// A ready instance: instantiated, initialised, given the backends.
@@ -162,11 +184,15 @@ impl Balancer {
             }
         }
         let instance = slot.instance.as_mut().expect("set just above");
-        match instance.select(method, host, path, client, scope) {
+        let started = Instant::now();
+        let answer = instance.select(method, host, path, client, scope);
+        self.traffic.selected(started.elapsed());
+        match answer {
             Ok(mut ids) => {
                 keep_valid(&mut ids, self.stats.len());
                 if ids.is_empty() {
                     Metrics::inc(&self.metrics.plugin_bad_answers);
+                    self.traffic.event(PluginEvent::BadAnswer);
                     if plugin_log_allowed() {
                         tracing::warn!(plugin = self.plugin.name(), pool = %self.pool, "select answered no known backend; using round robin");
                     }
@@ -177,10 +203,12 @@ impl Balancer {
             }
             Err(e) => {
                 slot.instance = None;
-                Metrics::inc(match e {
-                    CallError::Timeout => &self.metrics.plugin_timeouts,
-                    CallError::Trap(_) => &self.metrics.plugin_traps,
-                });
+                let (counter, event) = match e {
+                    CallError::Timeout => (&self.metrics.plugin_timeouts, PluginEvent::Timeout),
+                    CallError::Trap(_) => (&self.metrics.plugin_traps, PluginEvent::Trap),
+                };
+                Metrics::inc(counter);
+                self.traffic.event(event);
                 self.failed(&mut slot, &format!("select {e}"));
                 self.fallback(&mut slot)
             }
@@ -195,6 +223,11 @@ impl Balancer {
         });
         if let Some(backoff) = backoff {
             slot.backoff_until = Some(Instant::now() + backoff);
+            self.traffic.event(PluginEvent::Rest);
+            self.rested_until.get_or(AtomicU64::default).store(
+                crate::stats::now_ms() + backoff.as_millis() as u64,
+                Ordering::Relaxed,
+            );
         }
         if plugin_log_allowed() {
             tracing::warn!(
@@ -209,6 +242,7 @@ impl Balancer {
 
     fn fallback(&self, slot: &mut Slot) -> Vec<u32> {
         Metrics::inc(&self.metrics.fallback_selections);
+        self.traffic.event(PluginEvent::Fallback);
         let n = self.stats.len() as u32;
         let start = (slot.fallback_next % n as usize) as u32;
         slot.fallback_next = slot.fallback_next.wrapping_add(1);

@@ -200,12 +200,27 @@ impl Runtime {
                 })?),
             },
         };
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut plugin = Plugin {
             pre,
             engine: self.engine.clone(),
             name: Arc::from(source),
             version: String::new(),
             source: source.into(),
+            kind: if source.starts_with("builtin:") {
+                "built-in"
+            } else {
+                "file"
+            },
+            sha256: {
+                use sha2::Digest;
+                let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+                digest.iter().map(|b| format!("{b:02x}")).collect()
+            },
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            loaded_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
         probe.store.set_epoch_deadline(ticks(limits.setup_timeout));
@@ -247,9 +262,35 @@ pub struct Plugin {
     name: Arc<str>,
     version: String,
     source: String,
+    kind: &'static str,
+    sha256: String,
+    generation: u64,
+    loaded_unix_ms: u64,
 }
 
 impl Plugin {
+    /// Marks a plugin as loaded from the watched plugin folder.
+    pub fn from_folder(mut self) -> Plugin {
+        self.kind = "folder";
+        self
+    }
+    /// `built-in`, `file` (named by the configuration) or `folder`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+    /// The SHA-256 of the component's bytes, hex.
+    pub fn hash(&self) -> &str {
+        &self.sha256
+    }
+    /// A process-wide load counter: each load (also of the same file again)
+    /// gets a higher one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    /// When it was loaded, ms since the Unix epoch.
+    pub fn loaded_unix_ms(&self) -> u64 {
+        self.loaded_unix_ms
+    }
     /// The strategy name the plugin gives itself.
     pub fn name(&self) -> &str {
         &self.name

@@ -16,8 +16,9 @@ use hyper::body::Incoming;
 
 use super::Exchange;
 use super::pool::{Lease, give_back};
+use crate::metrics::Metrics;
 use crate::stall::StallTimer;
-use crate::stats::{InFlight, Metrics};
+use crate::stats::InFlight;
 
 /// Why a response body ended early.
 #[derive(Debug)]

@@ -34,7 +34,8 @@ use super::{
 };
 use crate::config::Protocol;
 use crate::http::body::RequestBody;
-use crate::stats::{Metrics, now_ms};
+use crate::metrics::Metrics;
+use crate::stats::now_ms;
 
 type H2Sender = http2::SendRequest<RequestBody>;
 

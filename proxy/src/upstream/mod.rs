@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
 use crate::http::body::RequestBody;
-use crate::stats::Metrics;
+use crate::metrics::Metrics;
 pub use body::UpstreamBody;
 pub use error::{ConnectFailure, RetrySafety, UpstreamError};
 pub use h2::Tracked;
