@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 clients. One binary, one module per area.
 
 mod acme;
+mod admin;
 mod balancing;
 mod config;
 mod forwarding;
