@@ -110,6 +110,7 @@ fn select(c: &mut Criterion) {
                 headers,
                 uri: http::Uri::from_static("/api/items?id=7"),
                 response_headers: Vec::new(),
+                fell_back: false,
             };
             let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
             group.bench_function(BenchmarkId::new(label, n), |b| {

@@ -49,6 +49,7 @@ pub mod demo;
 mod error;
 mod http;
 mod listen;
+pub mod logging;
 mod metrics;
 mod plugin;
 mod stall;

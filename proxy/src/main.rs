@@ -59,12 +59,6 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -75,6 +69,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `run` logs requests too (to the access log's output); the rest only
+    // Veer's own lines.
+    let _logs = match &cli.command {
+        Command::Run { .. } => None,
+        _ => Some(veer::logging::init(None).context("logging could not start")?),
+    };
     match cli.command {
         Command::Check { config } => {
             let loaded = veer::Config::load(&config)
@@ -90,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let loaded = veer::Config::load(&config)
                 .with_context(|| format!("{} is not valid", config.display()))?;
+            let output = veer::logging::access_output(loaded.access_log.as_ref());
+            let _logs = veer::logging::init(Some(output))
+                .with_context(|| format!("access_log.output {output:?} could not be opened"))?;
             control_runtime()?
                 .block_on(veer::serve(loaded))
                 .context("veer stopped")

@@ -21,6 +21,10 @@ pub struct State {
     pub pools: Vec<Arc<Pool>>,
     /// Requests by route (index into `routes`; one more for no route).
     pub traffic: RouteTraffic,
+    /// The access log, when on.
+    pub access_log: Option<crate::config::AccessLog>,
+    /// Decision tracing on request.
+    pub trace: crate::config::TraceSettings,
 }
 
 impl State {

@@ -11,6 +11,7 @@ mod health;
 mod hot_swap;
 mod http_rules;
 mod limits;
+mod observe;
 mod pki;
 mod plugin_failures;
 mod protocols;

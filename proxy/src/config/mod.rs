@@ -24,6 +24,7 @@
 
 mod admin;
 mod health;
+mod observe;
 mod outlier;
 mod plugins;
 mod pools;
@@ -41,6 +42,7 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 pub use admin::{AdminSection, AdminSettings};
 pub use health::{CheckKind, HealthCheck, HealthSection, HttpCheck};
+pub use observe::{AccessLog, AccessLogSection, LogFormat, TraceSection, TraceSettings};
 pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{
@@ -63,6 +65,12 @@ pub struct ConfigFile {
     /// The admin listener.
     #[serde(default)]
     pub admin: AdminSection,
+    /// One line per request.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+    /// Decision tracing on request.
+    #[serde(default)]
+    pub trace: TraceSection,
     /// The HTTPS listener, if any.
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -87,6 +95,10 @@ pub struct Config {
     pub server: ServerSettings,
     /// The admin listener.
     pub admin: AdminSettings,
+    /// The access log; `None` when off.
+    pub access_log: Option<AccessLog>,
+    /// Decision tracing on request.
+    pub trace: TraceSettings,
     /// The HTTPS listener, if any.
     pub tls: Option<TlsSettings>,
     /// Plugin settings.
@@ -140,6 +152,8 @@ impl ConfigFile {
     pub fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let admin = self.admin.validate(base_dir)?;
+        let access_log = self.access_log.validate()?;
+        let trace = self.trace.validate()?;
         let tls = self
             .tls
             .as_ref()
@@ -168,6 +182,8 @@ impl ConfigFile {
             source: None,
             server,
             admin,
+            access_log,
+            trace,
             tls,
             plugins,
             routes,

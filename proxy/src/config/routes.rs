@@ -19,6 +19,10 @@ pub struct RouteSection {
     pub path_prefix: String,
     /// The pool to send to (a key of `[pools]`). Required.
     pub pool: String,
+    /// Trace every request's balancing decision (a response header and a
+    /// log line). Default false.
+    #[serde(default)]
+    pub trace: bool,
 }
 
 fn any_host() -> String {
@@ -37,6 +41,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into [`super::Config::pools`].
     pub pool: usize,
+    /// See [`RouteSection::trace`].
+    pub trace: bool,
 }
 
 /// Validates `routes` against the pools' names (in index order), most
@@ -54,6 +60,7 @@ pub fn validate(routes: &[RouteSection], pool_names: &[&str]) -> Result<Vec<Rout
             host: None,
             path_prefix: "/".into(),
             pool: 0,
+            trace: false,
         });
     }
     for (i, route) in routes.iter().enumerate() {
@@ -94,6 +101,7 @@ pub fn validate(routes: &[RouteSection], pool_names: &[&str]) -> Result<Vec<Rout
             host,
             path_prefix: route.path_prefix.clone(),
             pool,
+            trace: route.trace,
         });
     }
     // Most specific first: exact hosts before `*`, then longer prefixes.

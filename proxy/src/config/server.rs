@@ -277,7 +277,7 @@ impl ServerSection {
 }
 
 /// `"10.0.0.0/8"`, `"::1/128"` or a bare address (a block of one).
-fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+pub(super) fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();
     if let Ok(net) = text.parse::<ipnet::IpNet>() {
         return Some(net.trunc());

@@ -321,6 +321,8 @@ impl Registry {
             routes: config.routes.clone(),
             pools,
             traffic: RouteTraffic::new(config.routes.len()),
+            access_log: config.access_log.clone(),
+            trace: config.trace.clone(),
         })
     }
 }

@@ -38,6 +38,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
 use super::body::{ClientBodyFailure, Progress, ProxyBody, RequestBody, message};
+use super::observe::Outcome;
 use super::{policy, rewrite};
 use crate::config::AllDown;
 use crate::metrics::Metrics;
@@ -104,6 +105,7 @@ pub(super) async fn forward(
     pool: &Pool,
     candidates: &[u32],
     outgoing: Outgoing<'_>,
+    outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let Outgoing {
         parts,
@@ -179,16 +181,33 @@ pub(super) async fn forward(
             stats.admit(config.ejection.base)
         };
         if !admission.admitted() {
+            outcome.step(|| {
+                let why = if stats.is_drained() {
+                    "drained"
+                } else if stats.check_failed() {
+                    "failing health checks"
+                } else {
+                    "ejected"
+                };
+                format!("{} skipped: {why}", config.backends[id as usize].address)
+            });
             continue;
         }
         let Some(in_flight) = stats.try_start_request(config.max_connections_per_backend) else {
             stats.give_back(admission);
             at_capacity += 1;
+            outcome.step(|| {
+                format!(
+                    "{} skipped: at max_connections_per_backend",
+                    config.backends[id as usize].address
+                )
+            });
             continue;
         };
         if is_retry && !pool.budget.withdraw() {
             stats.give_back(admission);
             Metrics::inc(&ctx.metrics.retry_budget_exhausted);
+            outcome.step(|| "no retry: the retry budget is spent".to_string());
             break;
         }
         let Some(next) = request.take().or_else(|| replay.request()) else {
@@ -202,9 +221,11 @@ pub(super) async fn forward(
             Metrics::inc(&ctx.metrics.retries);
         }
         attempts += 1;
+        outcome.attempts = attempts;
+        outcome.backend = Some(id);
         held = None;
         let started = Instant::now();
-        let mut outcome = exchange(
+        let mut result = exchange(
             ctx,
             tracker,
             pool,
@@ -217,12 +238,18 @@ pub(super) async fn forward(
         if let Err(SendFailure {
             error: UpstreamError::SentNoResponse { reused: true, .. },
             ..
-        }) = &outcome
+        }) = &result
             && !over_time()
             && let Some(again) = replay.request()
         {
             Metrics::inc(&ctx.metrics.fresh_connection_retries);
-            outcome = exchange(
+            outcome.step(|| {
+                format!(
+                    "{}: reused connection closed, sent again on a new one",
+                    backend.address
+                )
+            });
+            result = exchange(
                 ctx,
                 tracker,
                 pool,
@@ -233,9 +260,10 @@ pub(super) async fn forward(
             )
             .await;
         }
-        let failure = match outcome {
+        let failure = match result {
             Ok(exchange) => {
                 let latency = started.elapsed();
+                outcome.upstream = Some(latency);
                 stats.record_latency(latency);
                 let status = exchange.response.status();
                 pool.traffic.response(id as usize, status.as_u16(), latency);
@@ -257,15 +285,24 @@ pub(super) async fn forward(
                 rewrite::strip_hop_by_hop(response.headers_mut());
                 if may_repeat && retry.retries_status(status.as_u16()) {
                     // Try the next candidate; this answer stands if none.
+                    outcome.step(|| {
+                        format!(
+                            "{} answered {} (a status to retry)",
+                            backend.address,
+                            status.as_u16()
+                        )
+                    });
                     held = Some(response);
                     continue;
                 }
+                outcome.step(|| format!("{} answered {}", backend.address, status.as_u16()));
                 return response;
             }
             Err(failure) => failure,
         };
         drop(in_flight);
         pool.traffic.failure(id as usize);
+        outcome.step(|| format!("{} failed: {}", backend.address, failure.error));
         // The client's fault is the client's answer, whatever the backend did.
         if let Some(failed) = progress.as_ref().and_then(|p| p.failure()) {
             return client_failed(ctx, failed);

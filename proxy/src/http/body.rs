@@ -83,6 +83,8 @@ pub struct Progress {
     failure: AtomicU8,
     /// Woken when the body ends or fails.
     changed: Notify,
+    /// Data bytes handed on so far.
+    bytes: AtomicU64,
     /// The frames handed on so far, for a replay; `None` once larger than
     /// the pool's `retry.replay_body_bytes` (or when nothing is kept).
     kept: Mutex<Option<Kept>>,
@@ -145,6 +147,11 @@ impl Progress {
             frames,
             length: kept.bytes,
         })))
+    }
+
+    /// Data bytes of the body handed on so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
     }
 
     /// Whether [`Progress::replay`] would give the body.
@@ -274,6 +281,7 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     body.seen += data.len() as u64;
+                    progress.bytes.store(body.seen, Relaxed);
                     if body.limit.is_some_and(|limit| body.seen > limit) {
                         return Poll::Ready(Some(Err(progress.fail(ClientBodyFailure::TooLarge))));
                     }
@@ -346,6 +354,8 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
     /// The proxy's own answer (404, 502, 504…).
     Message(Option<Bytes>),
+    /// Either, with an access log line written when it ends.
+    Logged(Box<super::observe::Logged>),
 }
 
 impl Body for ProxyBody {
@@ -361,6 +371,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
             ProxyBody::Message(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            ProxyBody::Logged(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -368,6 +379,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Message(text) => text.is_none(),
+            ProxyBody::Logged(body) => body.is_end_stream(),
         }
     }
 
@@ -377,6 +389,7 @@ impl Body for ProxyBody {
             ProxyBody::Message(text) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
+            ProxyBody::Logged(body) => body.size_hint(),
         }
     }
 }

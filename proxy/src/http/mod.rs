@@ -11,6 +11,7 @@
 mod attempt;
 mod authority;
 pub mod body;
+mod observe;
 mod path;
 mod policy;
 pub mod rewrite;
@@ -68,7 +69,9 @@ static CLIENT_SUBJECT: header::HeaderName =
 static CLIENT_SAN: header::HeaderName = header::HeaderName::from_static("x-client-cert-san");
 
 /// Handles one downstream request; never fails (errors become 4xx/5xx).
-/// Counts it by route and status class, with its time to the response head.
+/// Counts it by route and status class, with its time to the response head,
+/// and writes its access log line (when on and sampled) once its response
+/// body has ended.
 pub async fn handle(
     ctx: &Shared,
     tracker: &TaskTracker,
@@ -77,12 +80,57 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
     let state = ctx.state.load_full();
-    let mut route = None;
-    let response = handle_in(ctx, &state, tracker, request, conn, &mut route).await;
+    let logged = state
+        .access_log
+        .as_ref()
+        .filter(|log| observe::sampled(log));
+    let head = logged.map(|_| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            request.version(),
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string),
+        )
+    });
+    let mut seen = observe::Seen::default();
+    let response = handle_in(ctx, &state, tracker, request, conn, &mut seen).await;
+    let status = response.status().as_u16();
     state
         .traffic
-        .answered(route, response.status().as_u16(), started.elapsed());
-    response
+        .answered(seen.route, status, started.elapsed());
+    let (Some(log), Some((method, uri, version, host))) = (logged, head) else {
+        return response;
+    };
+    let pool = seen.pool.as_deref();
+    let record = observe::AccessRecord {
+        format: log.format,
+        at: std::time::SystemTime::now() - started.elapsed(),
+        started,
+        client: conn.peer,
+        method,
+        host: uri.host().map(str::to_string).or(host).unwrap_or_default(),
+        path: uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+        version,
+        pool: pool.map_or_else(String::new, |p| p.config.name.clone()),
+        plugin: pool.map_or_else(String::new, |p| {
+            let plugin = p.balancer.plugin();
+            format!("{}@{}", plugin.name(), plugin.version())
+        }),
+        status,
+        progress: seen.progress,
+        backend: pool
+            .zip(seen.outcome.backend)
+            .map(|(p, id)| p.config.backends[id as usize].address.clone()),
+        outcome: seen.outcome,
+    };
+    response.map(|body| ProxyBody::Logged(Box::new(observe::Logged::new(body, record))))
 }
 
 async fn handle_in(
@@ -91,7 +139,7 @@ async fn handle_in(
     tracker: &TaskTracker,
     request: Request<Incoming>,
     conn: &ConnInfo,
-    route: &mut Option<usize>,
+    seen: &mut observe::Seen,
 ) -> Response<ProxyBody> {
     let client = conn.peer;
     let tls = conn.tls.is_some();
@@ -170,8 +218,17 @@ async fn handle_in(
             format!("veer: no route for host {host:?} and path {normalized:?}\n"),
         );
     };
-    *route = Some(index);
+    seen.route = Some(index);
     let pool = pool.clone();
+    // A decision trace: for every request of a traced route, or on request
+    // (the trace header) from a peer allowed to ask.
+    let traced = state.routes[index].trace
+        || (parts.headers.contains_key(&state.trace.header)
+            && state
+                .trace
+                .from
+                .iter()
+                .any(|net| net.contains(&client.ip())));
     if let Some(limit) = server.max_body_bytes
         && content_length(&parts.headers).is_some_and(|length| length > limit)
     {
@@ -211,12 +268,17 @@ async fn handle_in(
         headers: std::mem::take(&mut parts.headers),
         uri: parts.uri.clone(),
         response_headers: Vec::new(),
+        fell_back: false,
     };
     let candidates =
         pool.balancer
             .select(&parts.method, host, &normalized, client.ip(), &mut scope);
     parts.headers = scope.headers;
     let plugin_headers = scope.response_headers;
+    let fell_back = scope.fell_back;
+    if traced {
+        seen.outcome.steps = Some(Vec::new());
+    }
 
     // Rewrite for the backend: HTTP/1.1, origin-form URI, `Host` = the one
     // authority.
@@ -285,6 +347,7 @@ async fn handle_in(
         0
     };
     let (body, progress) = RequestBody::new(body, client_body_timeout, max_body_bytes, keep);
+    seen.progress = progress.clone();
 
     let mut response = attempt::forward(
         ctx,
@@ -297,13 +360,35 @@ async fn handle_in(
             progress,
             client_upgrade: client_upgrade.map(|upgrade| (upgrade, &conn.slot)),
         },
+        &mut seen.outcome,
     )
     .await;
     for (name, value) in plugin_headers {
         response.headers_mut().append(name, value);
     }
+    if let Some(steps) = &seen.outcome.steps {
+        let plugin = pool.balancer.plugin();
+        let order: Vec<String> = candidates
+            .iter()
+            .map(|&id| pool.config.backends[id as usize].address.clone())
+            .collect();
+        let decision = observe::decision(
+            &format!("{}@{}", plugin.name(), plugin.version()),
+            fell_back,
+            &order,
+            steps,
+        );
+        tracing::info!(target: "veer::decision", pool = %pool.config.name, status = response.status().as_u16(), "{decision}");
+        if let Ok(value) = HeaderValue::from_str(&decision) {
+            response.headers_mut().insert(DECISION.clone(), value);
+        }
+    }
+    seen.pool = Some(pool);
     response
 }
+
+/// The response header that carries a decision trace.
+static DECISION: header::HeaderName = header::HeaderName::from_static("x-veer-decision");
 
 /// The answer of a plain listener with `redirect_to_https`: same host and
 /// path, the HTTPS listener's port.

@@ -50,7 +50,7 @@ pub(super) fn slow_start<'a>(
 }
 
 /// A uniform number in `[0, 1)` from a per-thread xorshift generator.
-fn random_unit() -> f64 {
+pub(super) fn random_unit() -> f64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let seed = std::time::SystemTime::now()

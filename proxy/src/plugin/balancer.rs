@@ -170,6 +170,7 @@ impl Balancer {
         let mut slot = cell.borrow_mut();
         if let Some(until) = slot.backoff_until {
             if Instant::now() < until {
+                scope.fell_back = true;
                 return self.fallback(&mut slot);
             }
             slot.backoff_until = None;
@@ -179,6 +180,7 @@ impl Balancer {
                 Ok(instance) => slot.instance = Some(instance),
                 Err(e) => {
                     self.failed(&mut slot, &e.to_string());
+                    scope.fell_back = true;
                     return self.fallback(&mut slot);
                 }
             }
@@ -196,6 +198,7 @@ impl Balancer {
                     if plugin_log_allowed() {
                         tracing::warn!(plugin = self.plugin.name(), pool = %self.pool, "select answered no known backend; using round robin");
                     }
+                    scope.fell_back = true;
                     return self.fallback(&mut slot);
                 }
                 slot.failures = 0;
@@ -210,6 +213,7 @@ impl Balancer {
                 Metrics::inc(counter);
                 self.traffic.event(event);
                 self.failed(&mut slot, &format!("select {e}"));
+                scope.fell_back = true;
                 self.fallback(&mut slot)
             }
         }

@@ -34,6 +34,9 @@ pub struct RequestScope {
     pub uri: Uri,
     /// Headers the plugin asked to add to the response.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Set when the order came from the host's round robin, not the plugin
+    /// (it failed, or is rested).
+    pub fell_back: bool,
 }
 
 /// The data of each instance's `Store`: what the `host` imports read.
