@@ -26,6 +26,9 @@ workers = $WORKERS
 
 [plugins]
 dir = ""
+
+[admin]
+listen = ""   # no fixed port to clash with a candidate still exiting
 $2
 [pools.bench]
 strategy = "round-robin"
@@ -46,6 +49,18 @@ cand_veer_tls() {
 [tls]
 listen = \"127.0.0.1:$PORT\"
 certificates = [{ cert = \"$TLS_CERT\", key = \"$TLS_KEY\" }]
+"
+  RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
+}
+
+# Veer with the access log on (JSON, every request, to a file): its cost is
+# this candidate's CPU per request over `veer`'s, measured in the same run.
+cand_veer_log() {
+  _veer_config "listen = \"127.0.0.1:$PORT\"" "
+[access_log]
+enabled = true
+format = \"json\"
+output = \"$RUNDIR/access.log\"
 "
   RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
 }

@@ -44,6 +44,17 @@ pub struct ConnInfo {
     /// connection ends, or taken over by an upgrade tunnel that outlives
     /// the HTTP connection.
     pub slot: std::sync::Mutex<Option<ConnSlot>>,
+    /// `peer` as text, made once (for the access log).
+    pub peer_text: std::sync::OnceLock<std::sync::Arc<str>>,
+}
+
+impl ConnInfo {
+    /// The TCP peer as text, formatted once per connection.
+    pub fn peer_text(&self) -> std::sync::Arc<str> {
+        self.peer_text
+            .get_or_init(|| self.peer.to_string().into())
+            .clone()
+    }
 }
 
 /// One client connection counted open (gauge and cap) until dropped.
@@ -89,11 +100,7 @@ pub async fn handle(
             request.method().clone(),
             request.uri().clone(),
             request.version(),
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string),
+            request.headers().get(header::HOST).cloned(),
         )
     });
     let mut seen = observe::Seen::default();
@@ -105,29 +112,18 @@ pub async fn handle(
     let (Some(log), Some((method, uri, version, host))) = (logged, head) else {
         return response;
     };
-    let pool = seen.pool.as_deref();
     let record = observe::AccessRecord {
         format: log.format,
         at: std::time::SystemTime::now() - started.elapsed(),
         started,
-        client: conn.peer,
+        client: conn.peer_text(),
         method,
-        host: uri.host().map(str::to_string).or(host).unwrap_or_default(),
-        path: uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
+        uri,
+        host,
         version,
-        pool: pool.map_or_else(String::new, |p| p.config.name.clone()),
-        plugin: pool.map_or_else(String::new, |p| {
-            let plugin = p.balancer.plugin();
-            format!("{}@{}", plugin.name(), plugin.version())
-        }),
         status,
         progress: seen.progress,
-        backend: pool
-            .zip(seen.outcome.backend)
-            .map(|(p, id)| p.config.backends[id as usize].address.clone()),
+        pool: seen.pool,
         outcome: seen.outcome,
     };
     response.map(|body| ProxyBody::Logged(Box::new(observe::Logged::new(body, record))))

@@ -3,7 +3,6 @@
 //! decision trace (which plugin ordered the candidates, and why each
 //! attempt ended), as a response header and a log line.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,7 +36,8 @@ impl Outcome {
     }
 }
 
-/// One access log line in the making.
+/// One access log line in the making. It holds what the request already
+/// had (shared, not copied): the line is formatted once, when it is written.
 pub struct AccessRecord {
     /// How to write it.
     pub format: LogFormat,
@@ -45,86 +45,225 @@ pub struct AccessRecord {
     pub at: SystemTime,
     /// The same, for durations.
     pub started: Instant,
-    /// The TCP peer.
-    pub client: SocketAddr,
-    /// Method, host and path (with query) as the client sent them.
+    /// The TCP peer, as text (formatted once per connection).
+    pub client: Arc<str>,
+    /// The method.
     pub method: http::Method,
-    /// The one authority.
-    pub host: String,
-    /// Path and query.
-    pub path: String,
+    /// The URI as the client sent it.
+    pub uri: http::Uri,
+    /// The `Host` header, for a URI without an authority.
+    pub host: Option<http::HeaderValue>,
     /// HTTP version of the client.
     pub version: http::Version,
-    /// The pool, when a route matched.
-    pub pool: String,
-    /// `name@version` of the plugin.
-    pub plugin: String,
     /// The status the client got.
     pub status: u16,
     /// The request body's progress (its size), when it had one.
     pub progress: Option<Arc<Progress>>,
-    /// The backend that answered (or the last one tried).
-    pub backend: Option<String>,
+    /// The pool, when a route matched.
+    pub pool: Option<Arc<crate::state::Pool>>,
     /// What the attempt loop reported.
     pub outcome: Outcome,
 }
 
+/// Writes an integer (without core::fmt: this is on every logged request).
+fn int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Writes `n` thousandths as `int.frac`, without floating point.
+fn thousandths(out: &mut String, n: u128) {
+    int(out, n / 1000);
+    let frac = (n % 1000) as u16;
+    out.push('.');
+    out.push(char::from(b'0' + (frac / 100) as u8));
+    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    out.push(char::from(b'0' + (frac % 10) as u8));
+}
+
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// A JSON string: written as it is when nothing needs escaping (the common
+/// case: hosts, paths and addresses), else through serde_json.
+fn json_string(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else if let Ok(quoted) = serde_json::to_string(s) {
+        out.push_str(&quoted);
+    }
+}
+
 impl AccessRecord {
-    fn line(&self, bytes_out: u64, complete: bool) -> String {
+    /// Writes the line into `out` (cleared first).
+    fn write_line(&self, out: &mut String, bytes_out: u64, complete: bool) {
+        out.clear();
         let bytes_in = self.progress.as_ref().map_or(0, |p| p.bytes());
-        let duration = self.started.elapsed();
-        let time = time::OffsetDateTime::from(self.at)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let duration_us = self.started.elapsed().as_micros();
+        let upstream_us = self.outcome.upstream.map(|d| d.as_micros());
+        let host = self
+            .uri
+            .host()
+            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let path = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let pool = self.pool.as_deref();
+        let pool_name = pool.map_or("", |p| p.config.name.as_str());
+        let plugin = pool.map(|p| p.balancer.plugin());
+        let backend = pool
+            .zip(self.outcome.backend)
+            .map(|(p, id)| p.config.backends[id as usize].address.as_str());
+        let put = |out: &mut String, s: &str| out.push_str(s);
         match self.format {
-            LogFormat::Json => serde_json::json!({
-                "time": time,
-                "client": self.client.to_string(),
-                "method": self.method.as_str(),
-                "host": self.host,
-                "path": self.path,
-                "version": format!("{:?}", self.version),
-                "status": self.status,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "duration_ms": ms(duration),
-                "upstream_ms": self.outcome.upstream.map(ms),
-                "backend": self.backend,
-                "pool": self.pool,
-                "plugin": self.plugin,
-                "attempts": self.outcome.attempts,
-                "complete": complete,
-            })
-            .to_string(),
-            LogFormat::Text => format!(
-                "{time} {} \"{} {}{} {:?}\" {} {bytes_in} {bytes_out} {:.3}ms upstream={} backend={} pool={} plugin={} attempts={}{}",
-                self.client,
-                self.method,
-                self.host,
-                self.path,
-                self.version,
-                self.status,
-                ms(duration),
-                self.outcome
-                    .upstream
-                    .map_or_else(|| "-".to_string(), |d| format!("{:.3}ms", ms(d))),
-                self.backend.as_deref().unwrap_or("-"),
-                if self.pool.is_empty() {
-                    "-"
-                } else {
-                    &self.pool
-                },
-                if self.plugin.is_empty() {
-                    "-"
-                } else {
-                    &self.plugin
-                },
-                self.outcome.attempts,
-                if complete { "" } else { " incomplete" },
-            ),
+            LogFormat::Json => {
+                put(out, "{\"time\":\"");
+                timestamp(out, self.at);
+                put(out, "\",\"client\":");
+                json_string(out, &self.client);
+                put(out, ",\"method\":");
+                json_string(out, self.method.as_str());
+                put(out, ",\"host\":");
+                json_string(out, host);
+                put(out, ",\"path\":");
+                json_string(out, path);
+                put(out, ",\"version\":\"");
+                put(out, version(self.version));
+                put(out, "\",\"status\":");
+                int(out, self.status);
+                put(out, ",\"bytes_in\":");
+                int(out, bytes_in);
+                put(out, ",\"bytes_out\":");
+                int(out, bytes_out);
+                put(out, ",\"duration_ms\":");
+                thousandths(out, duration_us);
+                put(out, ",\"upstream_ms\":");
+                match upstream_us {
+                    Some(us) => thousandths(out, us),
+                    None => put(out, "null"),
+                }
+                put(out, ",\"backend\":");
+                match backend {
+                    Some(b) => json_string(out, b),
+                    None => put(out, "null"),
+                }
+                put(out, ",\"pool\":");
+                json_string(out, pool_name);
+                put(out, ",\"plugin\":\"");
+                if let Some(plugin) = plugin {
+                    put(out, plugin.name());
+                    put(out, "@");
+                    put(out, plugin.version());
+                }
+                put(out, "\",\"attempts\":");
+                int(out, self.outcome.attempts);
+                put(
+                    out,
+                    if complete {
+                        ",\"complete\":true}"
+                    } else {
+                        ",\"complete\":false}"
+                    },
+                );
+            }
+            LogFormat::Text => {
+                timestamp(out, self.at);
+                put(out, " ");
+                put(out, &self.client);
+                put(out, " \"");
+                put(out, self.method.as_str());
+                put(out, " ");
+                put(out, host);
+                put(out, path);
+                put(out, " ");
+                put(out, version(self.version));
+                put(out, "\" ");
+                int(out, self.status);
+                put(out, " ");
+                int(out, bytes_in);
+                put(out, " ");
+                int(out, bytes_out);
+                put(out, " ");
+                thousandths(out, duration_us);
+                put(out, "ms upstream=");
+                match upstream_us {
+                    Some(us) => {
+                        thousandths(out, us);
+                        put(out, "ms");
+                    }
+                    None => put(out, "-"),
+                }
+                put(out, " backend=");
+                put(out, backend.unwrap_or("-"));
+                put(out, " pool=");
+                put(out, dash(pool_name));
+                put(out, " plugin=");
+                match plugin {
+                    Some(plugin) => {
+                        put(out, plugin.name());
+                        put(out, "@");
+                        put(out, plugin.version());
+                    }
+                    None => put(out, "-"),
+                }
+                put(out, " attempts=");
+                int(out, self.outcome.attempts);
+                if !complete {
+                    put(out, " incomplete");
+                }
+            }
         }
     }
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// RFC 3339 UTC with milliseconds; the part up to the second is formatted
+/// once per second per thread.
+fn timestamp(out: &mut String, at: SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let second = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = time::OffsetDateTime::from_unix_timestamp(second as i64)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            // `…:SSZ` without the `Z`: the milliseconds go in between.
+            *cached = (second, text.trim_end_matches('Z').to_string());
+        }
+        out.push_str(&cached.1);
+    });
+    thousandths_of(out, since.subsec_millis());
+    out.push('Z');
+}
+
+/// `.mmm`
+fn thousandths_of(out: &mut String, ms: u32) {
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
 }
 
 /// What the request path learns about a request for the access log and the
@@ -150,7 +289,7 @@ pub fn sampled(log: &AccessLog) -> bool {
 /// dropped early: the line says `incomplete`).
 pub struct Logged {
     inner: ProxyBody,
-    record: Option<Box<AccessRecord>>,
+    record: Option<AccessRecord>,
     bytes_out: u64,
 }
 
@@ -159,14 +298,22 @@ impl Logged {
     pub fn new(inner: ProxyBody, record: AccessRecord) -> Logged {
         Logged {
             inner,
-            record: Some(Box::new(record)),
+            record: Some(record),
             bytes_out: 0,
         }
     }
 
     fn write(&mut self, complete: bool) {
+        use std::cell::RefCell;
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
         if let Some(record) = self.record.take() {
-            tracing::info!(target: "veer::access", "{}", record.line(self.bytes_out, complete));
+            LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                record.write_line(&mut line, self.bytes_out, complete);
+                tracing::info!(target: "veer::access", line = line.as_str());
+            });
         }
     }
 }
@@ -234,4 +381,34 @@ pub fn decision(plugin: &str, fell_back: bool, order: &[String], steps: &[String
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_only_when_they_need_it() {
+        let mut out = String::new();
+        json_string(&mut out, "example.com/a?b=1");
+        json_string(&mut out, "say \"hi\"\\\n");
+        assert_eq!(out, r#""example.com/a?b=1""say \"hi\"\\\n""#);
+    }
+
+    #[test]
+    fn thousandths_are_written_without_floating_point() {
+        let mut out = String::new();
+        thousandths(&mut out, 1_234_567);
+        out.push(' ');
+        thousandths(&mut out, 7);
+        assert_eq!(out, "1234.567 0.007");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_327_226_348);
+        let mut out = String::new();
+        timestamp(&mut out, at);
+        assert_eq!(out, "2026-11-22T06:00:26.348Z");
+    }
 }

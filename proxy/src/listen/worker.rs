@@ -127,6 +127,7 @@ impl Worker {
                                     peer,
                                     tls: None,
                                     slot,
+                                    peer_text: std::sync::OnceLock::new(),
                                 });
                                 connection::serve(stream, conn, context).await;
                             }
@@ -138,6 +139,7 @@ impl Worker {
                                         peer,
                                         tls: Some(info),
                                         slot,
+                                        peer_text: std::sync::OnceLock::new(),
                                     });
                                     connection::serve(stream, conn, context).await;
                                 }
