@@ -20,6 +20,15 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::error::Error;
 
+/// Prints a line to stdout; a closed stdout (`veer demo | head`) is not an
+/// error worth stopping the demo for.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The embedded demo configuration; `{listen}` and `{backends}` are filled in
 /// when the demo backends are up.
 pub const DEMO_CONFIG: &str = r#"# veer demo: three in-process backends behind the Wasm round robin.
@@ -137,19 +146,19 @@ pub async fn run(
     let server = crate::Server::bind(config)?;
     let addr = server.local_addr();
     let https = server.https_addr().unwrap_or(tls_listen);
-    println!(
+    say!(
         "veer demo: proxy on http://{addr}/ and https://{https}/ balancing over 3 backends with the Wasm plugin `round-robin`."
     );
-    println!("Try:  for i in 1 2 3 4; do curl -s http://{addr}/hello; done");
-    println!(
+    say!("Try:  for i in 1 2 3 4; do curl -s http://{addr}/hello; done");
+    say!(
         "      curl -k https://{https}/hello          (self-signed certificate; add --http2 for h2 by ALPN)"
     );
     if let Some(admin) = server.admin_addr() {
-        println!(
+        say!(
             "Dashboard: http://{admin}/   metrics: http://{admin}/metrics   API: http://{admin}/api/pools"
         );
     }
-    println!("(configuration in use:)\n{text}");
+    say!("(configuration in use:)\n{text}");
     let result = server.run(shutdown).await;
     cancel.cancel();
     tracker.close();

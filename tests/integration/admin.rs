@@ -261,23 +261,28 @@ async fn veer_demo_prints_its_admin_url_and_its_metrics_count_the_demo_traffic()
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let urls = tokio::task::spawn_blocking(move || {
+    // Read every line (the demo must never write into a closed pipe), and
+    // hand over the two URLs once both are printed.
+    let (urls, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut proxy = None;
         for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { return };
             if let Some(rest) = line.strip_prefix("veer demo: proxy on http://") {
                 proxy = rest.split('/').next().map(str::to_string);
             }
             if let Some(rest) = line.strip_prefix("Dashboard: http://") {
-                return (proxy, rest.split('/').next().map(str::to_string));
+                let _ = urls.send((proxy.clone(), rest.split('/').next().map(str::to_string)));
             }
         }
-        (proxy, None)
     });
-    let (proxy, admin) = tokio::time::timeout(Duration::from_secs(20), urls)
-        .await
-        .expect("the demo printed its URLs")
-        .unwrap();
+    let (proxy, admin) = tokio::task::spawn_blocking(move || {
+        printed
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the demo printed its URLs")
+    })
+    .await
+    .unwrap();
     let proxy: SocketAddr = proxy.expect("proxy URL").parse().unwrap();
     let admin: SocketAddr = admin.expect("admin URL").parse().unwrap();
     let mut client = Client::h1(proxy).await;

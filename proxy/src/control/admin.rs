@@ -48,6 +48,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// How far back "recent traffic" looks.
 const RECENT: Duration = Duration::from_secs(60);
 
+/// Responses so far by (pool, backend address).
+type Totals = HashMap<(String, String), u64>;
+
 /// What the admin handlers share.
 struct Admin {
     shared: Arc<Shared>,
@@ -56,7 +59,7 @@ struct Admin {
     on_loopback: bool,
     /// Per-backend response totals, sampled every second, for the share of
     /// recent traffic.
-    history: Mutex<VecDeque<(Instant, HashMap<(String, String), u64>)>>,
+    history: Mutex<VecDeque<(Instant, Totals)>>,
     started_ms: u64,
 }
 
@@ -145,7 +148,7 @@ async fn sample(admin: Arc<Admin>, cancel: CancellationToken) {
 }
 
 /// Responses so far by (pool, backend address).
-fn totals(shared: &Shared) -> HashMap<(String, String), u64> {
+fn totals(shared: &Shared) -> Totals {
     let state = shared.state.load();
     let mut totals = HashMap::new();
     for pool in &state.pools {
@@ -208,7 +211,7 @@ impl Admin {
             (&Method::GET, ["api", "plugins"]) => json_answer(StatusCode::OK, &self.plugins()),
             (&Method::POST, rest) => {
                 if let Err(refusal) = self.allowed(&request) {
-                    return refusal;
+                    return *refusal;
                 }
                 match rest {
                     ["api", "reload"] => {
@@ -237,15 +240,15 @@ impl Admin {
     }
 
     /// Whether a mutation may go ahead: on loopback, or with the token.
-    fn allowed(&self, request: &Request<Incoming>) -> Result<(), Answer> {
+    fn allowed(&self, request: &Request<Incoming>) -> Result<(), Box<Answer>> {
         if self.on_loopback {
             return Ok(());
         }
         let Some(token) = &self.token else {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "mutations need the admin listener on loopback, or admin.token set and presented as a bearer token",
-            ));
+            )));
         };
         let presented = request
             .headers()
@@ -256,10 +259,10 @@ impl Admin {
         if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
             Ok(())
         } else {
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "a valid bearer token (admin.token) is needed for this",
-            ))
+            )))
         }
     }
 
@@ -296,7 +299,7 @@ impl Admin {
     }
 
     /// Responses per (pool, backend) over the last minute (or since start).
-    fn recent(&self) -> HashMap<(String, String), u64> {
+    fn recent(&self) -> Totals {
         let now = totals(&self.shared);
         let history = self.history.lock().expect("not poisoned");
         let then = history

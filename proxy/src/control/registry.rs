@@ -134,7 +134,8 @@ impl Registry {
             {
                 Ok(plugin) => {
                     tracing::info!(plugin = plugin.name(), version = plugin.version(), file = %path.display(), "plugin loaded from the folder");
-                    self.folder.insert(path, Arc::new(plugin.from_folder()));
+                    self.folder
+                        .insert(path, Arc::new(plugin.into_folder_plugin()));
                 }
                 Err(reason) => tracing::warn!(file = %path.display(), "plugin refused: {reason}"),
             }

@@ -170,7 +170,7 @@ impl Controller {
         let plugin = match loaded
             .and_then(|p| self.registry.check_folder_name(path, &p).map(|()| p))
         {
-            Ok(plugin) => Arc::new(plugin.from_folder()),
+            Ok(plugin) => Arc::new(plugin.into_folder_plugin()),
             Err(reason) => {
                 Metrics::inc(&metrics.plugin_refusals);
                 tracing::warn!(file = %path.display(), "plugin refused, the running one keeps serving: {reason}");

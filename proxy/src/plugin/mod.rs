@@ -270,7 +270,7 @@ pub struct Plugin {
 
 impl Plugin {
     /// Marks a plugin as loaded from the watched plugin folder.
-    pub fn from_folder(mut self) -> Plugin {
+    pub fn into_folder_plugin(mut self) -> Plugin {
         self.kind = "folder";
         self
     }
