@@ -17,8 +17,6 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
-use crate::config::AccessLog;
-
 /// A thread's buffer is written out once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
 /// And at least this often.
@@ -171,9 +169,4 @@ pub fn init(access_output: Option<&str>) -> std::io::Result<LogGuard> {
         stop: Some(stop),
         flusher: Some(flusher),
     })
-}
-
-/// The access log's output for a configuration (its default when off).
-pub fn access_output(access_log: Option<&AccessLog>) -> &str {
-    access_log.map_or("stdout", |log| log.output.as_str())
 }

@@ -90,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let loaded = veer::Config::load(&config)
                 .with_context(|| format!("{} is not valid", config.display()))?;
-            let output = veer::logging::access_output(loaded.access_log.as_ref());
+            let output = loaded.access_log_output.as_str();
             let _logs = veer::logging::init(Some(output))
                 .with_context(|| format!("access_log.output {output:?} could not be opened"))?;
             control_runtime()?

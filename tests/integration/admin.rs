@@ -302,3 +302,17 @@ async fn veer_demo_prints_its_admin_url_and_its_metrics_count_the_demo_traffic()
         6
     );
 }
+
+#[tokio::test]
+async fn a_pool_whose_every_backend_is_drained_answers_503_without_trying() {
+    let [a] = start_backends(["a"]).await;
+    let proxy = web_pool(1, "", &[&a], "").await;
+    let admin = proxy.admin.unwrap();
+    let drain = format!("/api/pools/web/backends/{}/drain", a.addr);
+    assert_eq!(admin_post(admin, &drain, None).await.0, 200);
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("drained"), "{}", answer.body);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(admin_get(admin, "/api/nothing-here").await.0, 404);
+}

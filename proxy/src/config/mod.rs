@@ -97,6 +97,9 @@ pub struct Config {
     pub admin: AdminSettings,
     /// The access log; `None` when off.
     pub access_log: Option<AccessLog>,
+    /// Where access log lines go (set up at start, used whenever the log is
+    /// on).
+    pub access_log_output: String,
     /// Decision tracing on request.
     pub trace: TraceSettings,
     /// The HTTPS listener, if any.
@@ -153,6 +156,7 @@ impl ConfigFile {
         let server = self.server.validate()?;
         let admin = self.admin.validate(base_dir)?;
         let access_log = self.access_log.validate()?;
+        let access_log_output = self.access_log.output(base_dir);
         let trace = self.trace.validate()?;
         let tls = self
             .tls
@@ -183,6 +187,7 @@ impl ConfigFile {
             server,
             admin,
             access_log,
+            access_log_output,
             trace,
             tls,
             plugins,

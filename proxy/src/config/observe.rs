@@ -30,8 +30,9 @@ pub struct AccessLogSection {
     /// 100.
     #[serde(default = "default_sample")]
     pub sample_percent: f64,
-    /// Where lines go: `"stdout"`, `"stderr"` or a file path (appended to).
-    /// Read at start only. Default `"stdout"`.
+    /// Where lines go: `"stdout"`, `"stderr"` or a file path (appended to;
+    /// relative to the configuration file). Read at start only, whether the
+    /// log is on then or turned on by a later reload. Default `"stdout"`.
     #[serde(default = "default_output")]
     pub output: String,
 }
@@ -95,8 +96,6 @@ pub struct AccessLog {
     pub format: LogFormat,
     /// See [`AccessLogSection::sample_percent`], as a fraction.
     pub sample: f64,
-    /// See [`AccessLogSection::output`].
-    pub output: String,
 }
 
 /// Validated trace settings.
@@ -109,6 +108,14 @@ pub struct TraceSettings {
 }
 
 impl AccessLogSection {
+    /// Where lines go, a path resolved against `base_dir`.
+    pub fn output(&self, base_dir: &std::path::Path) -> String {
+        match self.output.as_str() {
+            "stdout" | "stderr" => self.output.clone(),
+            path => base_dir.join(path).display().to_string(),
+        }
+    }
+
     /// `None` when off.
     pub fn validate(&self) -> Result<Option<AccessLog>, ConfigError> {
         let format = match self.format.as_str() {
@@ -136,7 +143,6 @@ impl AccessLogSection {
         Ok(self.enabled.then(|| AccessLog {
             format,
             sample: self.sample_percent / 100.0,
-            output: self.output.clone(),
         }))
     }
 }

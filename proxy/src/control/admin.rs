@@ -229,7 +229,7 @@ impl Admin {
                     _ => error(StatusCode::NOT_FOUND, "no such admin action"),
                 }
             }
-            (_, ["api", ..]) | (_, ["metrics" | "live" | "ready"]) => {
+            (_, ["api", "pools" | "plugins"]) | (_, ["metrics" | "live" | "ready"]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
             }
             _ => error(

@@ -339,14 +339,15 @@ pub(super) async fn forward(
             ),
         );
     }
-    if attempts == 0 && refuse {
-        // Every candidate turned out down after all (another request took
-        // the probe, a check flipped): as when_all_down says.
+    if attempts == 0 {
+        // Nothing was tried: every candidate drained, or (with
+        // when_all_down = "503") down after all (another request took the
+        // probe, a check flipped).
         Metrics::inc(&ctx.metrics.service_unavailable);
         return message(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "veer: every backend of pool {} is down or failing its health checks\n",
+                "veer: every backend of pool {} is down, drained or failing its health checks\n",
                 config.name
             ),
         );

@@ -110,10 +110,16 @@ impl AccessRecord {
         let bytes_in = self.progress.as_ref().map_or(0, |p| p.bytes());
         let duration_us = self.started.elapsed().as_micros();
         let upstream_us = self.outcome.upstream.map(|d| d.as_micros());
+        // The host without its port, however the client sent it.
         let host = self
             .uri
             .host()
-            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                self.host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .map(without_port)
+            })
             .unwrap_or("");
         let path = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let pool = self.pool.as_deref();
@@ -181,8 +187,8 @@ impl AccessRecord {
                 put(out, " \"");
                 put(out, self.method.as_str());
                 put(out, " ");
-                put(out, host);
-                put(out, path);
+                text_field(out, host);
+                text_field(out, path);
                 put(out, " ");
                 put(out, version(self.version));
                 put(out, "\" ");
@@ -220,6 +226,30 @@ impl AccessRecord {
                     put(out, " incomplete");
                 }
             }
+        }
+    }
+}
+
+/// `host` of `host:port` (an IPv6 literal keeps its brackets).
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// A client-sent string in a text line: quotes, backslashes, spaces and
+/// control characters as `\xNN`, so no client can forge a field.
+fn text_field(out: &mut String, s: &str) {
+    for c in s.chars() {
+        if c == '"' || c == '\\' || c == ' ' || c.is_control() {
+            out.push_str("\\x");
+            out.push(char::from(
+                b"0123456789abcdef"[(c as u32 >> 4 & 15) as usize],
+            ));
+            out.push(char::from(b"0123456789abcdef"[(c as u32 & 15) as usize]));
+        } else {
+            out.push(c);
         }
     }
 }
@@ -393,6 +423,16 @@ mod tests {
         json_string(&mut out, "example.com/a?b=1");
         json_string(&mut out, "say \"hi\"\\\n");
         assert_eq!(out, r#""example.com/a?b=1""say \"hi\"\\\n""#);
+    }
+
+    #[test]
+    fn text_fields_cannot_forge_a_field_and_hosts_lose_their_port() {
+        let mut out = String::new();
+        text_field(&mut out, "a\" 200 backend=x\n");
+        assert_eq!(out, "a\\x22\\x20200\\x20backend=x\\x0a");
+        assert_eq!(without_port("example.com:8080"), "example.com");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("example.com"), "example.com");
     }
 
     #[test]

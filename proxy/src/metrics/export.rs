@@ -158,7 +158,7 @@ fn routes(encoder: &mut DescriptorEncoder, state: &State) -> Fmt {
     family(
         encoder,
         "route_requests",
-        "Requests by route and the status class of their answer (route \"(none)\": no route matched).",
+        "Requests by route and the status class of their answer (route \"(none)\": answered before a route applied: no route matched, a malformed request, a redirect to HTTPS, an ACME challenge).",
         MetricType::Counter,
         &answers,
     )?;
