@@ -64,3 +64,13 @@ output = \"$RUNDIR/access.log\"
 "
   RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
 }
+
+# The same with the text format (the default).
+cand_veer_log_text() {
+  _veer_config "listen = \"127.0.0.1:$PORT\"" "
+[access_log]
+enabled = true
+output = \"$RUNDIR/access.log\"
+"
+  RUST_LOG=warn exec "$VEER_BIN" run --config "$RUNDIR/veer.toml"
+}
