@@ -13,8 +13,9 @@
 //! - `http/`: the path of one request: authority and route, the strategy's
 //!   candidates, host-side policy on them (slow start, the retry budget),
 //!   header rewriting, the attempt loop (retries, timeouts, ejection), the
-//!   bodies streamed both ways (small ones kept for a replay) and upgrade
-//!   tunnels.
+//!   bodies streamed both ways (small ones kept for a replay), upgrade
+//!   tunnels, and what is written about a request (access log line,
+//!   decision trace).
 //! - `upstream/`: connections to backends (plain or TLS; HTTP/1.1 with a
 //!   keep-alive pool per worker, or HTTP/2 with shared connections per
 //!   worker under a stream cap), sending so that an unsent request comes
@@ -27,14 +28,20 @@
 //!   balancer that drives one pool's plugin per worker.
 //! - `control/`: the plugin registry, reloads of the plugin folder, the
 //!   configuration and the certificates, active health checks (once per
-//!   process), and automatic certificates (ACME).
+//!   process), automatic certificates (ACME), and the admin listener
+//!   (`/metrics`, the JSON API, drain, the dashboard).
 //!
 //! Shared by both:
 //! - [`config`]: the TOML file, one file per section, validated into plain
 //!   run-time data; errors name the key path.
 //! - `state`: routes and pools at run time (built by the control plane).
-//! - `stats`: live per-backend counters and health (ejection, health-check
-//!   verdict, slow start); process counters.
+//! - `stats`: live per-backend state read by plugins and the attempt loop
+//!   (in-flight, latency, ejection, health-check verdict, drain, slow
+//!   start).
+//! - `metrics/`: counters and histograms kept per thread (process-wide,
+//!   per route, per backend, per plugin), summed for `/metrics` at scrape
+//!   time.
+//! - [`logging`]: Veer's own log and the access log's per-thread buffers.
 //! - `error`: typed errors, a leaf module.
 //! - [`demo`]: `veer demo`, three in-process backends behind the proxy.
 //!
