@@ -1,8 +1,9 @@
 //! Configuration: the TOML file as serde structs (every field documented with
 //! its default), then [`ConfigFile::validate`] into the run-time [`Config`].
 //! One file per section, each with its struct, its `validate()` and its tests:
-//! [`server`], [`plugins`], [`pools`] (with its [`health`], [`retry`] and
-//! [`outlier`] tables), [`routes`], [`tls`]. This module is data: it
+//! `server`, `plugins`, `pools` (with its `health`, `retry` and
+//! `outlier` tables), `routes`, `tls`, `admin`, `observe` (access log and
+//! tracing). This module is data: it
 //! depends on nothing else in the crate but the error type.
 //!
 //! ```toml
@@ -47,6 +48,7 @@ pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{
     AllDown, BackendConfig, BackendSection, PoolConfig, PoolSection, Protocol, UpstreamTls,
+    UpstreamTlsSection,
 };
 pub use retry::{RetryPolicy, RetrySection};
 pub use routes::{Route, RouteSection};

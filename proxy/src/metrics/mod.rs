@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use thread_local::ThreadLocal;
 
-/// Declares [`Counters`] (one thread's counters) and [`MetricsSnapshot`] (a
+/// Declares `Counters` (one thread's counters) and [`MetricsSnapshot`] (a
 /// sum of them) from one list, so the two cannot drift apart.
 macro_rules! metrics {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
@@ -65,7 +65,7 @@ macro_rules! metrics {
 }
 
 /// Process-wide counters (see the module docs). Counting goes to the
-/// calling thread's [`Counters`] (through `Deref`); read them with
+/// calling thread's `Counters` (through `Deref`); read them with
 /// [`Metrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -185,7 +185,7 @@ metrics! {
 }
 
 impl Metrics {
-    /// Adds one to a counter (of this thread's [`Counters`]: its cache
+    /// Adds one to a counter (of this thread's `Counters`: its cache
     /// line is not contended, so the atomic add is cheap).
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
