@@ -196,19 +196,7 @@ async fn answer(reply: Reply, req: Request<Incoming>) -> Response<TestBody> {
 /// A TLS acceptor presenting `cert` (chain and key files) and offering
 /// `alpn` (nothing: the server does not take part in ALPN).
 fn tls_acceptor(cert: &(PathBuf, PathBuf), alpn: &[&[u8]]) -> TlsAcceptor {
-    use rustls_pki_types::pem::PemObject;
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let mut config = crate::pki::server_config(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsAcceptor::from(Arc::new(config))
 }

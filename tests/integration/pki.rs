@@ -168,22 +168,27 @@ pub async fn run(program: &str, args: Vec<String>) -> std::process::Output {
     .unwrap()
 }
 
-/// An HTTPS backend presenting `cert` that answers every request with
-/// `x-backend: NAME`.
-pub async fn tls_backend(name: &'static str, cert: &(PathBuf, PathBuf)) -> SocketAddr {
+/// A TLS server configuration presenting `cert` (chain and key files), for
+/// test backends.
+pub fn server_config(cert: &(PathBuf, PathBuf)) -> rustls::ServerConfig {
     let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
         .unwrap()
         .map(|c| c.unwrap())
         .collect();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        .unwrap()
+}
+
+/// An HTTPS backend presenting `cert` that answers every request with
+/// `x-backend: NAME`.
+pub async fn tls_backend(name: &'static str, cert: &(PathBuf, PathBuf)) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -127,14 +127,7 @@ pub(super) async fn forward(
         .iter()
         .all(|&id| !pool.stats[id as usize].is_up());
     if all_down && config.when_all_down == AllDown::Refuse {
-        Metrics::inc(&ctx.metrics.service_unavailable);
-        return message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "veer: every backend of pool {} is down or failing its health checks\n",
-                config.name
-            ),
-        );
+        return nothing_to_try(ctx, &config.name, "down or failing its health checks");
     }
     let first_try = Instant::now();
     let mut attempts = 0u32;
@@ -343,13 +336,10 @@ pub(super) async fn forward(
         // Nothing was tried: every candidate drained, or (with
         // when_all_down = "503") down after all (another request took the
         // probe, a check flipped).
-        Metrics::inc(&ctx.metrics.service_unavailable);
-        return message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "veer: every backend of pool {} is down, drained or failing its health checks\n",
-                config.name
-            ),
+        return nothing_to_try(
+            ctx,
+            &config.name,
+            "down, drained or failing its health checks",
         );
     }
     if let Some(error) = &last_error
@@ -368,6 +358,16 @@ pub(super) async fn forward(
             "veer: no backend of pool {} could be reached ({attempts} tried): {reason}\n",
             config.name
         ),
+    )
+}
+
+/// 503 for a request no backend of `pool` was tried for: every one is
+/// `state`.
+fn nothing_to_try(ctx: &Shared, pool: &str, state: &str) -> Response<ProxyBody> {
+    Metrics::inc(&ctx.metrics.service_unavailable);
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("veer: every backend of pool {pool} is {state}\n"),
     )
 }
 

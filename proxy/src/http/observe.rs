@@ -73,11 +73,7 @@ fn int(out: &mut String, n: impl itoa::Integer) {
 /// Writes `n` thousandths as `int.frac`, without floating point.
 fn thousandths(out: &mut String, n: u128) {
     int(out, n / 1000);
-    let frac = (n % 1000) as u16;
-    out.push('.');
-    out.push(char::from(b'0' + (frac / 100) as u8));
-    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
-    out.push(char::from(b'0' + (frac % 10) as u8));
+    fraction(out, (n % 1000) as u32);
 }
 
 fn version(v: http::Version) -> &'static str {
@@ -284,12 +280,12 @@ fn timestamp(out: &mut String, at: SystemTime) {
         }
         out.push_str(&cached.1);
     });
-    thousandths_of(out, since.subsec_millis());
+    fraction(out, since.subsec_millis());
     out.push('Z');
 }
 
-/// `.mmm`
-fn thousandths_of(out: &mut String, ms: u32) {
+/// `.ddd` for `n` thousandths (`n` < 1000).
+fn fraction(out: &mut String, ms: u32) {
     out.push('.');
     out.push(char::from(b'0' + (ms / 100) as u8));
     out.push(char::from(b'0' + (ms / 10 % 10) as u8));

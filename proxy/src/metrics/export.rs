@@ -107,7 +107,7 @@ impl Collector for Scrape {
             "The most client connections open at once since start.",
             snapshot.client_connections_peak as i64,
         )?;
-        for (name, help, value) in shared.metrics.counters() {
+        for (name, help, value) in snapshot.counters() {
             let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
             counter(&mut encoder, name, &help, value)?;
         }

@@ -5,14 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds of the buckets, in seconds: 100 µs to 10 s, about ×2.5 apart
-/// (a plugin's `select` lands in the first few, a slow backend in the last).
-pub const BOUNDS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0,
-];
-
-/// Bounds in µs, for recording without floating point.
+/// Upper bounds of the buckets, in µs: 100 µs to 10 s, ×2 to ×4 apart (a
+/// plugin's `select` lands in the first few, a slow backend in the last).
 const BOUNDS_US: [u64; 15] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 10_000_000,
@@ -23,7 +17,7 @@ const BOUNDS_US: [u64; 15] = [
 pub struct Histogram {
     /// Per bucket (not cumulative); the last counts what is above every
     /// bound.
-    counts: [AtomicU64; BOUNDS.len() + 1],
+    counts: [AtomicU64; BOUNDS_US.len() + 1],
     sum_us: AtomicU64,
 }
 
@@ -48,7 +42,7 @@ impl Histogram {
 /// Histograms of several threads added up.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct HistogramSum {
-    counts: [u64; BOUNDS.len() + 1],
+    counts: [u64; BOUNDS_US.len() + 1],
     sum_us: u64,
 }
 
@@ -63,13 +57,13 @@ impl HistogramSum {
         self.sum_us as f64 / 1e6
     }
 
-    /// Cumulative buckets `(upper bound, samples at or under it)` as
-    /// Prometheus wants them, `+Inf` last.
+    /// Cumulative buckets `(upper bound in seconds, samples at or under
+    /// it)` as Prometheus wants them, `+Inf` last.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut running = 0;
-        BOUNDS
+        BOUNDS_US
             .iter()
-            .copied()
+            .map(|&us| us as f64 / 1e6)
             .chain([f64::INFINITY])
             .zip(self.counts)
             .map(|(bound, count)| {
@@ -95,7 +89,7 @@ mod tests {
         let buckets = sum.cumulative();
         assert_eq!(buckets[0], (0.0001, 1));
         assert_eq!(buckets[1], (0.00025, 2));
-        assert_eq!(buckets[BOUNDS.len() - 1].1, 2);
+        assert_eq!(buckets[BOUNDS_US.len() - 1].1, 2);
         assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 3));
         assert_eq!(sum.count(), 3);
         assert!((sum.sum_seconds() - 60.000201).abs() < 1e-9);
