@@ -59,6 +59,8 @@ pub struct Pool {
     pub budget: crate::http::RetryBudget,
     /// Responses and failures by backend.
     pub traffic: PoolTraffic,
+    /// Its fixed access log fields.
+    pub log: crate::http::observe::PoolLog,
 }
 
 impl Pool {

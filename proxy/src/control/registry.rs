@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::config::{Config, PluginSettings};
 use crate::error::{ConfigError, PluginError};
 use crate::http::RetryBudget;
+use crate::http::observe::PoolLog;
 use crate::metrics::Metrics;
 use crate::metrics::traffic::{PoolTraffic, RouteTraffic};
 use crate::plugin::balancer::{Balancer, BalancerSettings};
@@ -308,7 +309,13 @@ impl Registry {
                 .map(|tls| TlsClient::new(tls, &pool.backends, pool.protocol))
                 .transpose()
                 .map_err(|reason| ConfigError::at(format!("{key}.tls"), reason))?;
+            let log = PoolLog::new(
+                &pool.name,
+                pool.backends.iter().map(|b| b.address.as_str()),
+                balancer.plugin(),
+            );
             pools.push(Arc::new(Pool {
+                log,
                 config: pool.clone(),
                 stats,
                 balancer,

@@ -11,7 +11,7 @@
 mod attempt;
 mod authority;
 pub mod body;
-mod observe;
+pub mod observe;
 mod path;
 mod policy;
 pub mod rewrite;
@@ -98,9 +98,9 @@ pub async fn handle(
     let head = logged.map(|_| {
         (
             request.method().clone(),
-            request.uri().clone(),
+            request.uri().path_and_query().cloned(),
             request.version(),
-            request.headers().get(header::HOST).cloned(),
+            observe::Host::of(&request),
         )
     });
     let mut seen = observe::Seen::default();
@@ -109,16 +109,15 @@ pub async fn handle(
     state
         .traffic
         .answered(seen.route, status, started.elapsed());
-    let (Some(log), Some((method, uri, version, host))) = (logged, head) else {
+    let (Some(log), Some((method, path, version, host))) = (logged, head) else {
         return response;
     };
     let record = observe::AccessRecord {
         format: log.format,
-        at: std::time::SystemTime::now() - started.elapsed(),
         started,
         client: conn.peer_text(),
         method,
-        uri,
+        path,
         host,
         version,
         status,
