@@ -114,7 +114,9 @@ impl Drop for LogGuard {
 pub fn init(access_output: Option<&str>) -> std::io::Result<LogGuard> {
     let own_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: not in files, journald or `docker logs`.
     let own = fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_filter(own_filter);
     tracing_subscriber::registry().with(own).init();

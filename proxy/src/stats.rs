@@ -354,20 +354,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Whether a plugin-related log line may be written now: at most
-/// `LOG_BURST` per second across the process, so a plugin failing on every
-/// request cannot flood the log (the counters still count every failure).
-pub fn plugin_log_allowed() -> bool {
-    const LOG_BURST: u64 = 10;
-    static WINDOW: AtomicU64 = AtomicU64::new(0);
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let second = now_ms() / 1000 + 1;
-    if WINDOW.swap(second, Relaxed) != second {
-        COUNT.store(0, Relaxed);
-    }
-    COUNT.fetch_add(1, Relaxed) < LOG_BURST
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ mod pki;
 mod plugin_failures;
 mod protocols;
 mod resilience;
+mod sandbox;
 mod shutdown;
 mod strategies;
 mod streaming;

@@ -529,6 +529,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize, limit: Duration) -> Load {
+        Load::start_on(addr, "/", clients, limit)
+    }
+
+    /// The same, for GETs of `path`.
+    pub fn start_on(addr: SocketAddr, path: &'static str, clients: usize, limit: Duration) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let tasks = (0..clients)
@@ -538,7 +543,7 @@ impl Load {
                     let deadline = tokio::time::Instant::now() + limit;
                     let mut client = Client::h1(addr).await;
                     while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                        let request = Request::get("/")
+                        let request = Request::get(path)
                             .header("host", "localhost")
                             .body(empty())
                             .unwrap();

@@ -25,8 +25,16 @@ pub struct PluginsSection {
     pub select_timeout_ms: u64,
     /// Deadline of `init` and `set-backends`, ms. Default 1000.
     pub setup_timeout_ms: u64,
+    /// Budget of one `select` call, µs: a call that takes longer is served
+    /// but counts toward the backoff like a failure, so a plugin that burns
+    /// CPU legally is rested and the other pools on its worker recover.
+    /// Default 500.
+    pub slow_call_us: u64,
     /// Linear memory cap per plugin instance, MiB. Default 16.
     pub memory_limit_mib: u64,
+    /// Largest plugin file read, MiB: a larger file (or an endless one, say a
+    /// symlink to a device) is refused without being read whole. Default 64.
+    pub max_file_mib: u64,
     /// After this many failed calls in a row, an instance is not called again
     /// for a backoff that doubles from 100 ms up to 10 s (the host's round
     /// robin serves meanwhile). Default 3.
@@ -54,7 +62,9 @@ impl Default for PluginsSection {
             allow_override_builtin: false,
             select_timeout_ms: 5,
             setup_timeout_ms: 1000,
+            slow_call_us: 500,
             memory_limit_mib: 16,
+            max_file_mib: 64,
             failures_before_backoff: 3,
             random_seed: 0,
             dir: PathBuf::from("plugins"),
@@ -73,6 +83,8 @@ pub struct PluginLimits {
     pub setup_timeout: Duration,
     /// Linear memory cap per instance, in bytes.
     pub memory_bytes: usize,
+    /// See [`PluginsSection::slow_call_us`].
+    pub slow_call: Duration,
 }
 
 /// Validated `[plugins]`.
@@ -84,6 +96,8 @@ pub struct PluginSettings {
     pub allow_override_builtin: bool,
     /// Limits of every instance.
     pub limits: PluginLimits,
+    /// Largest plugin file read, bytes (see [`PluginsSection::max_file_mib`]).
+    pub max_file_bytes: u64,
     /// See [`PluginsSection::failures_before_backoff`].
     pub failures_before_backoff: u32,
     /// See [`PluginsSection::random_seed`].
@@ -104,6 +118,7 @@ impl PluginsSection {
             select_timeout: Duration::from_millis(self.select_timeout_ms),
             setup_timeout: Duration::from_millis(self.setup_timeout_ms),
             memory_bytes: (self.memory_limit_mib as usize) << 20,
+            slow_call: Duration::from_micros(self.slow_call_us),
         }
     }
 
@@ -118,10 +133,18 @@ impl PluginsSection {
         bounded_ms("plugins.setup_timeout_ms", self.setup_timeout_ms, 1, 60_000)?;
         bounded_ms("plugins.debounce_ms", self.debounce_ms, 0, 60_000)?;
         in_range("plugins.memory_limit_mib", self.memory_limit_mib, 1, 4096)?;
+        in_range("plugins.max_file_mib", self.max_file_mib, 1, 4096)?;
+        in_range(
+            "plugins.slow_call_us",
+            self.slow_call_us,
+            1,
+            self.select_timeout_ms.saturating_mul(1000),
+        )?;
         Ok(PluginSettings {
             load: self.load.iter().map(|f| base_dir.join(f)).collect(),
             allow_override_builtin: self.allow_override_builtin,
             limits: self.limits(),
+            max_file_bytes: self.max_file_mib << 20,
             failures_before_backoff: self.failures_before_backoff.max(1),
             random_seed: self.random_seed,
             dir: optional_path(base_dir, &self.dir),
@@ -170,6 +193,22 @@ mod tests {
             .validate(Path::new("."))
             .unwrap_err();
         assert_eq!(err.key(), Some("plugins.memory_limit_mib"));
+    }
+
+    #[test]
+    fn plugin_files_are_read_up_to_64_mib_unless_max_file_mib_says_otherwise() {
+        let s = section("").validate(Path::new(".")).unwrap();
+        assert_eq!(s.max_file_bytes, 64 << 20);
+        let s = section("max_file_mib = 2").validate(Path::new(".")).unwrap();
+        assert_eq!(s.max_file_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn a_max_file_size_of_zero_is_refused_by_its_key() {
+        let err = section("max_file_mib = 0")
+            .validate(Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("plugins.max_file_mib"));
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl Registry {
                 limits: config.plugins.limits,
                 failures_before_backoff: config.plugins.failures_before_backoff,
                 seed: config.plugins.random_seed,
+                instances: config.server.workers,
             };
             let balancer =
                 Balancer::new(plugin, settings, metrics.clone()).map_err(|e| match e {

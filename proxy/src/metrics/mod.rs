@@ -134,6 +134,17 @@ metrics! {
     plugin_timeouts,
     /// `select` answers with no usable backend id.
     plugin_bad_answers,
+    /// Plugin calls that took longer than `plugins.slow_call_us` (counted
+    /// toward the backoff like failures; the answer is used).
+    plugin_slow_calls,
+    /// Plugin calls that made more host calls than allowed (counted toward
+    /// the backoff like failures).
+    plugin_host_call_storms,
+    /// `select` answers longer than the pool (only its length is read).
+    plugin_long_answers,
+    /// Plugin calls stopped past their deadline while the worker thread was
+    /// descheduled: not held against the plugin.
+    plugin_descheduled_calls,
     /// Requests whose backend order came from the host's round robin instead
     /// of the plugin (after a failure, or while the plugin is backing off).
     fallback_selections,

@@ -1,18 +1,27 @@
 //! Drives one pool's strategy plugin: one instance per worker thread (no lock
 //! shared by requests), validation of its answers, and the failure policy.
 //!
+//! Instances are built off the worker threads: one per worker when the
+//! balancer is made (in parallel, on the control side), handed over ready;
+//! after a failure, a new one is built on a thread of its own while the
+//! host's round robin serves. No request waits for an `init`.
+//!
 //! Failure policy: a trap or missed deadline discards the worker's instance (a
 //! trapped component cannot be re-entered), is counted and logged with the
 //! plugin's name, and the request is ordered by the host's round robin instead.
-//! The next request instantiates the plugin afresh. After
+//! A call that is served but takes longer than `plugins.slow_call_us`, or
+//! makes more host calls than allowed, counts as a failure too. After
 //! `failures_before_backoff` failures in a row the plugin is not called for a
 //! backoff that doubles from 100 ms to 10 s, so a plugin that loops forever
-//! costs at most a few deadlines per backoff period.
+//! costs at most a few deadlines per backoff period, and one that burns CPU
+//! legally is rested within a few calls. A call stopped while the worker
+//! thread was descheduled (see `plugin::on_deadline`) is not held against
+//! the plugin.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thread_local::ThreadLocal;
@@ -20,8 +29,9 @@ use thread_local::ThreadLocal;
 use crate::error::PluginError;
 use crate::metrics::Metrics;
 use crate::metrics::traffic::{PluginEvent, PluginTraffic};
+use crate::plugin::log::{HOST_LINES_PER_SECOND, LogBudget};
 use crate::plugin::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
-use crate::stats::{BackendStats, plugin_log_allowed};
+use crate::stats::BackendStats;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -30,20 +40,96 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// and each worker's instance.
 pub struct Balancer {
     pool: String,
-    plugin: Arc<Plugin>,
-    config_json: String,
-    backends: Vec<BackendInfo>,
+    recipe: Arc<Recipe>,
     stats: Arc<[Arc<BackendStats>]>,
     limits: Limits,
     failures_before_backoff: u32,
-    seed: u64,
-    instantiations: AtomicU64,
     metrics: Arc<Metrics>,
     slots: ThreadLocal<RefCell<Slot>>,
     traffic: PluginTraffic,
     /// Per worker: `now_ms()` until which the plugin is rested there (for
     /// the admin API; the slot's own copy decides).
     rested_until: ThreadLocal<AtomicU64>,
+    /// The host's lines about this pool's plugin.
+    host_log: LogBudget,
+}
+
+/// What it takes to build an instance, and the instances built and not yet
+/// taken by a worker. Shared with the threads that build them.
+struct Recipe {
+    plugin: Arc<Plugin>,
+    config_json: String,
+    backends: Vec<BackendInfo>,
+    stats: Arc<[Arc<BackendStats>]>,
+    limits: Limits,
+    seed: u64,
+    instantiations: AtomicU64,
+    metrics: Arc<Metrics>,
+    ready: Mutex<Vec<Instance>>,
+    /// Builds under way.
+    building: AtomicUsize,
+}
+
+/// Most instance builds under way at once for one pool.
+const MAX_BUILDING: usize = 2;
+
+impl Recipe {
+    /// A ready instance: instantiated, initialised, given the backends.
+    fn build(&self) -> Result<Instance, PluginError> {
+        let n = self.instantiations.fetch_add(1, Ordering::Relaxed);
+        Metrics::inc(&self.metrics.plugin_instantiations);
+        let seed = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut instance = Instance::new(&self.plugin, self.stats.clone(), self.limits, seed)?;
+        let name = self.plugin.name();
+        let trapped = |call, e: CallError| PluginError::Trapped {
+            plugin: name.to_string(),
+            call,
+            reason: e.to_string(),
+        };
+        instance
+            .init(&self.config_json)
+            .map_err(|e| trapped("init", e))?
+            .map_err(|message| PluginError::Refused {
+                plugin: name.to_string(),
+                message,
+            })?;
+        instance
+            .set_backends(&self.backends)
+            .map_err(|e| trapped("set-backends", e))?;
+        Ok(instance)
+    }
+
+    /// An instance built earlier, if one is ready.
+    fn take(&self) -> Option<Instance> {
+        self.ready.lock().ok()?.pop()
+    }
+
+    /// Builds one more instance on a thread of its own (unless enough are
+    /// being built), for a worker that lost its own.
+    fn build_aside(self: &Arc<Recipe>) {
+        if self.building.fetch_add(1, Ordering::AcqRel) >= MAX_BUILDING {
+            self.building.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let recipe = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("veer-plugin-build".into())
+            .spawn(move || {
+                // A failed build is the failure the worker already counted;
+                // the next request asks again (after any backoff).
+                if let Ok(instance) = recipe.build()
+                    && let Ok(mut ready) = recipe.ready.lock()
+                {
+                    ready.push(instance);
+                }
+                recipe.building.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.building.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// One worker thread's view of the plugin.
@@ -74,11 +160,13 @@ pub struct BalancerSettings<'a> {
     pub failures_before_backoff: u32,
     /// Seed of the `random` import (0: from the clock).
     pub seed: u64,
+    /// Instances to build up front: one per worker thread.
+    pub instances: usize,
 }
 
 impl Balancer {
-    /// Builds the balancer and checks the plugin accepts its configuration by
-    /// initialising one instance (then dropped: workers make their own).
+    /// Builds the balancer and its first instances (one per worker, in
+    /// parallel), which also checks the plugin accepts its configuration.
     pub fn new(
         plugin: Arc<Plugin>,
         settings: BalancerSettings<'_>,
@@ -90,28 +178,57 @@ impl Balancer {
                 .map_or(1, |d| d.as_nanos() as u64),
             s => s,
         };
-        let balancer = Balancer {
-            pool: settings.pool.to_string(),
+        let recipe = Arc::new(Recipe {
             plugin,
             config_json: settings.config_json.to_string(),
             backends: settings.backends,
+            stats: settings.stats.clone(),
+            limits: settings.limits,
+            seed,
+            instantiations: AtomicU64::new(0),
+            metrics: metrics.clone(),
+            ready: Mutex::new(Vec::new()),
+            building: AtomicUsize::new(0),
+        });
+        let built: Vec<Result<Instance, PluginError>> = std::thread::scope(|scope| {
+            let builders: Vec<_> = (0..settings.instances.max(1))
+                .map(|_| scope.spawn(|| recipe.build()))
+                .collect();
+            builders
+                .into_iter()
+                .map(|b| {
+                    b.join().unwrap_or_else(|_| {
+                        Err(PluginError::Trapped {
+                            plugin: recipe.plugin.name().to_string(),
+                            call: "init",
+                            reason: "building the instance panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut ready = Vec::with_capacity(built.len());
+        for instance in built {
+            ready.push(instance?);
+        }
+        *recipe.ready.lock().expect("not shared yet") = ready;
+        Ok(Balancer {
+            pool: settings.pool.to_string(),
+            recipe,
             stats: settings.stats,
             limits: settings.limits,
             failures_before_backoff: settings.failures_before_backoff,
-            seed,
-            instantiations: AtomicU64::new(0),
             metrics,
             slots: ThreadLocal::new(),
             traffic: PluginTraffic::default(),
             rested_until: ThreadLocal::new(),
-        };
-        balancer.instantiate()?;
-        Ok(balancer)
+            host_log: LogBudget::new(HOST_LINES_PER_SECOND),
+        })
     }
 
     /// The plugin serving this pool.
     pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
+        &self.recipe.plugin
     }
 
     /// On how many workers the plugin is rested now.
@@ -126,33 +243,6 @@ impl Balancer {
     /// What the plugin did: `select` times, failures, fallbacks, rests.
     pub fn traffic(&self) -> &PluginTraffic {
         &self.traffic
-    }
-
-    /// A ready instance: instantiated, initialised, given the backends.
-    fn instantiate(&self) -> Result<Instance, PluginError> {
-        let n = self.instantiations.fetch_add(1, Ordering::Relaxed);
-        Metrics::inc(&self.metrics.plugin_instantiations);
-        let seed = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut instance = Instance::new(&self.plugin, self.stats.clone(), self.limits, seed)?;
-        let name = self.plugin.name();
-        let trapped = |call, e: CallError| PluginError::Trapped {
-            plugin: name.to_string(),
-            call,
-            reason: e.to_string(),
-        };
-        instance
-            .init(&self.config_json)
-            .map_err(|e| trapped("init", e))?
-            .map_err(|message| PluginError::Refused {
-                plugin: name.to_string(),
-                message,
-            })?;
-        instance
-            .set_backends(&self.backends)
-            .map_err(|e| trapped("set-backends", e))?;
-        Ok(instance)
     }
 
     /// Orders the pool's backends for one request, best first. Never empty:
@@ -176,10 +266,11 @@ impl Balancer {
             slot.backoff_until = None;
         }
         if slot.instance.is_none() {
-            match self.instantiate() {
-                Ok(instance) => slot.instance = Some(instance),
-                Err(e) => {
-                    self.failed(&mut slot, &e.to_string());
+            match self.recipe.take() {
+                Some(instance) => slot.instance = Some(instance),
+                None => {
+                    // Being built aside: the round robin serves meanwhile.
+                    self.recipe.build_aside();
                     scope.fell_back = true;
                     return self.fallback(&mut slot);
                 }
@@ -188,38 +279,79 @@ impl Balancer {
         let instance = slot.instance.as_mut().expect("set just above");
         let started = Instant::now();
         let answer = instance.select(method, host, path, client, scope);
-        self.traffic.selected(started.elapsed());
+        let took = started.elapsed();
+        self.traffic.selected(took);
         match answer {
             Ok(mut ids) => {
-                keep_valid(&mut ids, self.stats.len());
+                let n = self.stats.len();
+                if ids.len() > n {
+                    // More ids than backends cannot all be valid: only the
+                    // first n are looked at.
+                    Metrics::inc(&self.metrics.plugin_long_answers);
+                    ids.truncate(n);
+                }
+                keep_valid(&mut ids, n);
+                let strike = if instance.stormed() {
+                    Metrics::inc(&self.metrics.plugin_host_call_storms);
+                    Some(format!(
+                        "select made more than {} host calls",
+                        crate::plugin::MAX_HOST_CALLS
+                    ))
+                } else if took > self.limits.slow_call {
+                    Metrics::inc(&self.metrics.plugin_slow_calls);
+                    Some(format!(
+                        "select took {} µs, over plugins.slow_call_us ({} µs)",
+                        took.as_micros(),
+                        self.limits.slow_call.as_micros()
+                    ))
+                } else {
+                    None
+                };
                 if ids.is_empty() {
                     Metrics::inc(&self.metrics.plugin_bad_answers);
                     self.traffic.event(PluginEvent::BadAnswer);
-                    if plugin_log_allowed() {
-                        tracing::warn!(plugin = self.plugin.name(), pool = %self.pool, "select answered no known backend; using round robin");
+                    if let Some(dropped) = self.host_log.allow() {
+                        tracing::warn!(plugin = self.plugin().name(), pool = %self.pool, dropped = (dropped > 0).then_some(dropped), "select answered no known backend; using round robin");
+                    }
+                    if let Some(strike) = strike {
+                        self.failed(&mut slot, &strike, true);
                     }
                     scope.fell_back = true;
                     return self.fallback(&mut slot);
                 }
-                slot.failures = 0;
+                match strike {
+                    Some(strike) => self.failed(&mut slot, &strike, false),
+                    None => slot.failures = 0,
+                }
                 ids
+            }
+            Err(CallError::Descheduled) => {
+                // The thread, not the plugin, was late: no failure counted.
+                slot.instance = None;
+                Metrics::inc(&self.metrics.plugin_descheduled_calls);
+                self.recipe.build_aside();
+                scope.fell_back = true;
+                self.fallback(&mut slot)
             }
             Err(e) => {
                 slot.instance = None;
                 let (counter, event) = match e {
-                    CallError::Timeout => (&self.metrics.plugin_timeouts, PluginEvent::Timeout),
                     CallError::Trap(_) => (&self.metrics.plugin_traps, PluginEvent::Trap),
+                    _ => (&self.metrics.plugin_timeouts, PluginEvent::Timeout),
                 };
                 Metrics::inc(counter);
                 self.traffic.event(event);
-                self.failed(&mut slot, &format!("select {e}"));
+                self.failed(&mut slot, &format!("select {e}"), true);
+                self.recipe.build_aside();
                 scope.fell_back = true;
                 self.fallback(&mut slot)
             }
         }
     }
 
-    fn failed(&self, slot: &mut Slot, what: &str) {
+    /// Counts a failure (a failed call, or a slow or stormy one that was
+    /// served: `fell_back` false) and rests the plugin after enough in a row.
+    fn failed(&self, slot: &mut Slot, what: &str, fell_back: bool) {
         slot.failures += 1;
         let backoff = (slot.failures >= self.failures_before_backoff).then(|| {
             let doublings = (slot.failures - self.failures_before_backoff).min(10);
@@ -233,13 +365,19 @@ impl Balancer {
                 Ordering::Relaxed,
             );
         }
-        if plugin_log_allowed() {
+        if let Some(dropped) = self.host_log.allow() {
             tracing::warn!(
-                plugin = self.plugin.name(),
+                plugin = self.plugin().name(),
                 pool = %self.pool,
                 failures_in_a_row = slot.failures,
                 backoff_ms = backoff.map(|b| b.as_millis() as u64),
-                "plugin failed, request served by round robin: {what}"
+                dropped = (dropped > 0).then_some(dropped),
+                "{}: {what}",
+                if fell_back {
+                    "plugin failed, request served by round robin"
+                } else {
+                    "plugin too slow (request served by its answer)"
+                }
             );
         }
     }

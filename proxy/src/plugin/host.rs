@@ -22,7 +22,15 @@ const FORBIDDEN_RESPONSE_HEADERS: [&str; 9] = [
     "host",
 ];
 /// Most response headers one `select` may add.
-const MAX_RESPONSE_HEADERS: usize = 8;
+pub const MAX_RESPONSE_HEADERS: usize = 8;
+/// Longest response header name a plugin may set, bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest response header value a plugin may set, bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+/// Most host calls (`header`, `live-stats`, `log`, …) in one plugin call;
+/// past it every host call answers nothing and the plugin call counts as
+/// failed.
+pub const MAX_HOST_CALLS: u32 = 1000;
 
 /// The request a `select` call is about, lent to the instance for the call so
 /// the `host` imports can answer from it without copying it.
@@ -46,16 +54,41 @@ pub struct HostState {
     pub(super) stats: Arc<[Arc<BackendStats>]>,
     pub(super) rng: u64,
     pub(super) plugin: Arc<str>,
+    /// The plugin's own log lines per second.
+    pub(super) log_budget: Arc<super::log::LogBudget>,
+    /// Host calls made in the current plugin call.
+    pub(super) calls: u32,
+    /// Set once the current call reached its deadline (see `on_deadline`).
+    pub(super) overtime: Option<super::Overtime>,
+    /// Epoch ticks of one window past the deadline.
+    pub(super) window_ticks: u64,
 }
 
 /// What the `host` imports do, shared by every world version.
 impl HostState {
-    fn header(&self, name: &str) -> Option<String> {
+    /// Counts a host call; `true` once the plugin call has made too many.
+    fn over_cap(&mut self) -> bool {
+        self.calls = self.calls.saturating_add(1);
+        self.calls > MAX_HOST_CALLS
+    }
+
+    /// Whether the current plugin call went over [`MAX_HOST_CALLS`].
+    pub(super) fn stormed(&self) -> bool {
+        self.calls > MAX_HOST_CALLS
+    }
+
+    fn header(&mut self, name: &str) -> Option<String> {
+        if self.over_cap() {
+            return None;
+        }
         let value = self.request.as_ref()?.headers.get(name)?;
         value.to_str().ok().map(str::to_owned)
     }
 
-    fn cookie(&self, name: &str) -> Option<String> {
+    fn cookie(&mut self, name: &str) -> Option<String> {
+        if self.over_cap() {
+            return None;
+        }
         let headers = &self.request.as_ref()?.headers;
         headers
             .get_all(http::header::COOKIE)
@@ -68,7 +101,10 @@ impl HostState {
             })
     }
 
-    fn query_param(&self, name: &str) -> Option<String> {
+    fn query_param(&mut self, name: &str) -> Option<String> {
+        if self.over_cap() {
+            return None;
+        }
         let query = self.request.as_ref()?.uri.query()?;
         query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -77,6 +113,7 @@ impl HostState {
     }
 
     fn random(&mut self) -> u64 {
+        self.over_cap();
         // splitmix64: tiny, fast, good enough to spread load; not for secrets.
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
@@ -85,20 +122,48 @@ impl HostState {
         z ^ (z >> 31)
     }
 
-    fn log(&self, level: tracing::Level, message: &str) {
-        if !crate::stats::plugin_log_allowed() {
+    fn log(&mut self, level: tracing::Level, message: &str) {
+        if self.over_cap() {
             return;
         }
+        let Some(dropped) = self.log_budget.allow() else {
+            return;
+        };
         let plugin = &*self.plugin;
+        let message = super::log::cut(message);
+        let dropped = (dropped > 0).then_some(dropped);
         match level {
-            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
-            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
-            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
-            _ => tracing::error!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, dropped, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, dropped, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, dropped, "{message}"),
+            _ => tracing::error!(plugin, dropped, "{message}"),
         }
     }
 
+    fn live_stats(&mut self, id: u32) -> Option<&BackendStats> {
+        if self.over_cap() {
+            return None;
+        }
+        self.stats.get(id as usize).map(|s| &**s)
+    }
+
+    /// Every backend's stats, for `all-*` calls (none once over the cap).
+    fn all_stats(&mut self) -> &[Arc<BackendStats>] {
+        if self.over_cap() {
+            return &[];
+        }
+        &self.stats
+    }
+
     fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if self.over_cap() {
+            return Err(format!("more than {MAX_HOST_CALLS} host calls in one call"));
+        }
+        if name.len() > MAX_HEADER_NAME_BYTES || value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(format!(
+                "a response header name may have at most {MAX_HEADER_NAME_BYTES} bytes and its value {MAX_HEADER_VALUE_BYTES}"
+            ));
+        }
         let scope = self.request.as_mut().ok_or("only during select")?;
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{name:?} is not a valid header name"))?;
@@ -128,7 +193,7 @@ impl v0_1::veer::balancer::host::Host for HostState {
         HostState::query_param(self, &name)
     }
     fn live_stats(&mut self, id: u32) -> Option<v0_1::veer::balancer::types::BackendStats> {
-        let stats = self.stats.get(id as usize)?;
+        let stats = HostState::live_stats(self, id)?;
         Some(v0_1::veer::balancer::types::BackendStats {
             in_flight: stats.in_flight(),
             latency_ewma_us: stats.latency_ewma_us(),
@@ -163,13 +228,19 @@ impl v0_2::veer::balancer::host::Host for HostState {
         HostState::query_param(self, &name)
     }
     fn live_stats(&mut self, id: u32) -> Option<v0_2::veer::balancer::types::BackendStats> {
-        self.stats.get(id as usize).map(|s| stats_v0_2(s))
+        HostState::live_stats(self, id).map(stats_v0_2)
     }
     fn all_in_flight(&mut self) -> Vec<u32> {
-        self.stats.iter().map(|s| s.in_flight()).collect()
+        HostState::all_stats(self)
+            .iter()
+            .map(|s| s.in_flight())
+            .collect()
     }
     fn all_stats(&mut self) -> Vec<v0_2::veer::balancer::types::BackendStats> {
-        self.stats.iter().map(|s| stats_v0_2(s)).collect()
+        HostState::all_stats(self)
+            .iter()
+            .map(|s| stats_v0_2(s))
+            .collect()
     }
     fn set_response_header(&mut self, name: String, value: String) -> Result<(), String> {
         HostState::set_response_header(self, &name, &value)

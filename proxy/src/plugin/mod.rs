@@ -19,6 +19,7 @@ pub mod balancer;
 mod bindings;
 mod cache;
 mod host;
+pub mod log;
 mod ticker;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::error::PluginError;
 use crate::stats::BackendStats;
 use bindings::{Exports, Pre, v0_1, v0_2, world_of};
 use cache::Cache;
-pub use host::{HostState, RequestScope};
+pub use host::{HostState, MAX_HOST_CALLS, RequestScope};
 use ticker::{EPOCH_TICK, Ticker};
 
 /// The worlds this host serves, newest first.
@@ -53,6 +54,18 @@ pub struct BackendInfo {
 
 /// Limits applied to every plugin instance (validated `[plugins]` settings).
 pub type Limits = crate::config::PluginLimits;
+
+/// Linear memories one instance may have: one (a component's core module;
+/// multi-memory is off in the engine too).
+pub const MAX_MEMORIES: usize = 1;
+/// Tables one instance may have (the module's function table plus the few
+/// the component model's adapter shims use).
+pub const MAX_TABLES: usize = 8;
+/// Elements one table may grow to.
+pub const MAX_TABLE_ELEMENTS: usize = 10_000;
+/// Core instances one component instance may create (a plugin built with
+/// `cargo build --target wasm32-wasip2` makes a handful).
+pub const MAX_INSTANCES: usize = 16;
 
 /// A deadline in whole epoch ticks.
 fn ticks(timeout: Duration) -> u64 {
@@ -76,6 +89,8 @@ impl Runtime {
     pub fn new(cache_dir: Option<std::path::PathBuf>) -> Result<Runtime, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // One linear memory per plugin: the memory cap is per memory.
+        config.wasm_multi_memory(false);
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
 
         let mut linker = Linker::new(&engine);
@@ -221,9 +236,10 @@ impl Runtime {
             loaded_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            log_budget: Arc::new(log::LogBudget::new(log::PLUGIN_LINES_PER_SECOND)),
         };
         let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
-        probe.store.set_epoch_deadline(ticks(limits.setup_timeout));
+        probe.start_call(limits.setup_timeout);
         let (name, version) = match &probe.exports {
             Exports::V0_1(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
             Exports::V0_2(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
@@ -266,6 +282,8 @@ pub struct Plugin {
     sha256: String,
     generation: u64,
     loaded_unix_ms: u64,
+    /// Lines it may log itself (shared by all its instances).
+    log_budget: Arc<log::LogBudget>,
 }
 
 impl Plugin {
@@ -326,8 +344,11 @@ impl std::fmt::Debug for Plugin {
 /// be discarded: a trapped component cannot be entered again.
 #[derive(Debug)]
 pub enum CallError {
-    /// The call ran past its deadline.
+    /// The call ran past its deadline, running all along.
     Timeout,
+    /// The call ran past its deadline because the worker thread was not
+    /// running (descheduled): not held against the plugin.
+    Descheduled,
     /// The guest trapped (panic, out-of-bounds, memory cap, …).
     Trap(String),
 }
@@ -336,16 +357,97 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Timeout => f.write_str("ran past its deadline"),
+            CallError::Descheduled => {
+                f.write_str("missed its deadline while the worker thread was descheduled")
+            }
             CallError::Trap(reason) => write!(f, "trapped: {reason}"),
         }
     }
 }
 
 fn classify(err: wasmtime::Error) -> CallError {
+    if err.downcast_ref::<Descheduled>().is_some() {
+        return CallError::Descheduled;
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Timeout,
         _ => CallError::Trap(describe_trap(&err)),
     }
+}
+
+/// Why a call was stopped when the thread ran too little of its deadline.
+#[derive(Debug)]
+struct Descheduled;
+
+impl std::fmt::Display for Descheduled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the worker thread was descheduled past the plugin's deadline")
+    }
+}
+
+impl std::error::Error for Descheduled {}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` through a valid pointer.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// When a call reaches its deadline: measured afresh for another window
+/// (`window` ticks). A call is stopped as over its deadline only once a
+/// whole window passed with the thread running it at least half the time;
+/// a window mostly spent descheduled is given again, up to
+/// [`MAX_DESCHEDULED_WINDOWS`], then the call is stopped as
+/// [`CallError::Descheduled`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Overtime {
+    /// The thread's CPU time and the wall clock when the window began.
+    cpu: Duration,
+    wall: std::time::Instant,
+    /// Windows given so far.
+    windows: u32,
+}
+
+/// Windows a descheduled call may be given before it is stopped anyway.
+const MAX_DESCHEDULED_WINDOWS: u32 = 4;
+
+fn on_deadline(
+    state: &mut HostState,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let window = state.window_ticks;
+    let now = (thread_cpu(), std::time::Instant::now());
+    let Some(overtime) = state.overtime else {
+        state.overtime = Some(Overtime {
+            cpu: now.0,
+            wall: now.1,
+            windows: 1,
+        });
+        return Ok(wasmtime::UpdateDeadline::Continue(window));
+    };
+    let ran = now.0.saturating_sub(overtime.cpu);
+    let passed = now.1.saturating_duration_since(overtime.wall);
+    if ran * 2 >= passed {
+        return Err(Trap::Interrupt.into());
+    }
+    if overtime.windows >= MAX_DESCHEDULED_WINDOWS {
+        return Err(Descheduled.into());
+    }
+    state.overtime = Some(Overtime {
+        cpu: now.0,
+        wall: now.1,
+        windows: overtime.windows + 1,
+    });
+    Ok(wasmtime::UpdateDeadline::Continue(window))
 }
 
 fn describe_trap(err: &wasmtime::Error) -> String {
@@ -375,15 +477,24 @@ impl Instance {
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
+                .memories(MAX_MEMORIES)
+                .tables(MAX_TABLES)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .instances(MAX_INSTANCES)
                 .trap_on_grow_failure(true)
                 .build(),
             request: None,
             stats,
             rng: seed,
             plugin: plugin.name.clone(),
+            log_budget: plugin.log_budget.clone(),
+            calls: 0,
+            overtime: None,
+            window_ticks: ticks(limits.setup_timeout),
         };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| on_deadline(store.data_mut()));
         store.set_epoch_deadline(ticks(limits.setup_timeout));
         let exports = match &plugin.pre {
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
@@ -401,11 +512,26 @@ impl Instance {
         })
     }
 
+    /// Arms the deadline and resets the per-call counters for a call that
+    /// may take `timeout`.
+    fn start_call(&mut self, timeout: Duration) {
+        let state = self.store.data_mut();
+        state.calls = 0;
+        state.overtime = None;
+        // A window after the deadline is half the deadline again.
+        state.window_ticks = ticks(timeout / 2);
+        self.store.set_epoch_deadline(ticks(timeout));
+    }
+
+    /// Whether the last call made more host calls than allowed.
+    pub fn stormed(&self) -> bool {
+        self.store.data().stormed()
+    }
+
     /// Calls `init` with the pool's config (JSON). `Ok(Err(msg))` is the
     /// plugin refusing its configuration.
     pub fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.store
-            .set_epoch_deadline(ticks(self.limits.setup_timeout));
+        self.start_call(self.limits.setup_timeout);
         match &self.exports {
             Exports::V0_1(b) => b.call_init(&mut self.store, config_json),
             Exports::V0_2(b) => b.call_init(&mut self.store, config_json),
@@ -415,8 +541,7 @@ impl Instance {
 
     /// Pushes the backend set.
     pub fn set_backends(&mut self, backends: &[BackendInfo]) -> Result<(), CallError> {
-        self.store
-            .set_epoch_deadline(ticks(self.limits.setup_timeout));
+        self.start_call(self.limits.setup_timeout);
         match &self.exports {
             Exports::V0_1(b) => {
                 let list: Vec<_> = backends.iter().map(Into::into).collect();
@@ -440,8 +565,7 @@ impl Instance {
         client: std::net::IpAddr,
         scope: &mut RequestScope,
     ) -> Result<Vec<u32>, CallError> {
-        self.store
-            .set_epoch_deadline(ticks(self.limits.select_timeout));
+        self.start_call(self.limits.select_timeout);
         self.store.data_mut().request = Some(std::mem::take(scope));
         let result = match &self.exports {
             Exports::V0_1(b) => {

@@ -1,8 +1,12 @@
 //! A plugin that misbehaves on purpose, to test that the host survives it.
 //! Its config picks how: `{"mode": "trap"}`, `"spin"`, `"grow"`, `"empty"`, `"unknown"`,
+//! `"slow"`, `"storm"`, `"long"`, `"big-header"`, `"spam"`, `"trap-init"`,
 //! `"refuse"` (refuses its config in `init`), or `"first"` (behaves: always
 //! the first backend).
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, BackendId, Config, LogLevel, Request, Strategy, export_strategy, log,
+    set_response_header,
+};
 
 /// What to do wrong.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +23,17 @@ pub enum Mode {
     Unknown,
     /// Behaves: the first backend only.
     First,
+    /// Legal but slow: burns a few milliseconds of CPU, then the first
+    /// backend.
+    Slow,
+    /// Calls the `header` import 5,000 times, then the first backend.
+    Storm,
+    /// Answers 10,000 ids (the first backend's first).
+    Long,
+    /// Sets a 1 MiB response header, then the first backend.
+    BigHeader,
+    /// Logs 50 lines per call, then the first backend.
+    Spam,
 }
 
 /// The misbehaving strategy.
@@ -44,6 +59,12 @@ impl Mode {
             "empty" => Ok(Mode::Empty),
             "unknown" => Ok(Mode::Unknown),
             "first" => Ok(Mode::First),
+            "slow" => Ok(Mode::Slow),
+            "storm" => Ok(Mode::Storm),
+            "long" => Ok(Mode::Long),
+            "big-header" => Ok(Mode::BigHeader),
+            "spam" => Ok(Mode::Spam),
+            "trap-init" => panic!("misbehave: trapping in init on purpose"),
             "refuse" => Err("refused on purpose: mode is \"refuse\"".to_string()),
             other => Err(format!(
                 "unknown mode {other:?}; use trap, spin, empty, unknown, first or refuse"
@@ -67,7 +88,7 @@ impl Strategy for Misbehave {
         self.ids = backends.iter().map(|b| b.id).collect();
     }
 
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, request: &Request) -> Vec<BackendId> {
         match self.mode {
             Mode::Trap => panic!("misbehave: trapping on purpose"),
             Mode::Spin => loop {
@@ -80,6 +101,34 @@ impl Strategy for Misbehave {
             Mode::Empty => Vec::new(),
             Mode::Unknown => vec![u32::MAX],
             Mode::First => self.ids.first().copied().into_iter().collect(),
+            Mode::Slow => {
+                let mut x = 1u64;
+                for i in 0..3_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                }
+                std::hint::black_box(x);
+                self.ids.first().copied().into_iter().collect()
+            }
+            Mode::Storm => {
+                for _ in 0..5_000 {
+                    std::hint::black_box(request.header("x-storm"));
+                }
+                self.ids.first().copied().into_iter().collect()
+            }
+            Mode::Long => {
+                let first = self.ids.first().copied().unwrap_or(0);
+                vec![first; 10_000]
+            }
+            Mode::BigHeader => {
+                let _ = set_response_header("x-big", &"x".repeat(1 << 20));
+                self.ids.first().copied().into_iter().collect()
+            }
+            Mode::Spam => {
+                for i in 0..50 {
+                    log(LogLevel::Info, &format!("misbehave: spam line {i}"));
+                }
+                self.ids.first().copied().into_iter().collect()
+            }
         }
     }
 }
