@@ -23,6 +23,7 @@ const LIMITS: Limits = Limits {
     select_timeout: Duration::from_millis(50),
     setup_timeout: Duration::from_secs(5),
     memory_bytes: 64 << 20,
+    slow_call: Duration::from_millis(50),
 };
 
 /// (display name, strategy, config JSON)
@@ -81,6 +82,8 @@ fn registry() -> Registry {
         dir: None,
         debounce: Duration::from_millis(200),
         cache_dir: None,
+        cache_max_bytes: 256 << 20,
+        max_file_bytes: 64 << 20,
     };
     Registry::new(Runtime::new(None).unwrap(), &settings).unwrap()
 }
@@ -101,6 +104,9 @@ fn select(c: &mut Criterion) {
                 limits: LIMITS,
                 failures_before_backoff: 3,
                 seed: 1,
+                instances: 1,
+                on_failure: veer::config::PluginFailure::Fallback,
+                last_good: None,
             };
             let balancer = Balancer::new(plugin, settings, metrics.clone()).unwrap();
             let mut headers = http::HeaderMap::new();
@@ -111,6 +117,7 @@ fn select(c: &mut Criterion) {
                 uri: http::Uri::from_static("/api/items?id=7"),
                 response_headers: Vec::new(),
                 fell_back: false,
+                rejected: false,
             };
             let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
             group.bench_function(BenchmarkId::new(label, n), |b| {

@@ -24,12 +24,16 @@
 //!
 //! Control plane:
 //! - `plugin/`: the only module that touches wasmtime: bindings per WIT
-//!   world, host imports, the compiled cache, the epoch ticker, and the
-//!   balancer that drives one pool's plugin per worker.
-//! - `control/`: the plugin registry, reloads of the plugin folder, the
-//!   configuration and the certificates, active health checks (once per
-//!   process), automatic certificates (ACME), and the admin listener
-//!   (`/metrics`, the JSON API, drain, the dashboard).
+//!   world, host imports (with their caps), the sandbox's limits and
+//!   deadlines (fuel, thread CPU time), per-plugin log budgets, the compiled
+//!   cache (owner checks, HMAC), the epoch ticker, and the balancer that
+//!   drives one pool's plugin per worker (instances built aside, backoff,
+//!   failure policy, automatic rollback).
+//! - `control/`: the plugin registry, the plugin folder (regular files only,
+//!   size cap, diffed by content), reloads of the folder, the configuration
+//!   and the certificates, active health checks (once per process),
+//!   automatic certificates (ACME), and the admin listener (`/metrics`, the
+//!   JSON API, drain, the dashboard).
 //!
 //! Shared by both:
 //! - [`config`]: the TOML file, one file per section, validated into plain
@@ -47,7 +51,8 @@
 //!
 //! Strategies only *order* candidates; the host owns health, counters,
 //! retries and timeouts.
-#![deny(unsafe_code)] // one audited exception: loading compiled plugins from the cache (wasm.rs)
+#![deny(unsafe_code)]
+// audited exceptions, each with its SAFETY comment: loading compiled plugins from the cache (plugin/cache), and the thread CPU clock (plugin/mod.rs)
 #![warn(missing_docs)]
 
 pub mod config;
@@ -124,7 +129,10 @@ pub struct CheckReport {
 /// Validates `config` fully without serving: loads its plugins and initialises
 /// each pool's strategy with its configuration, as a start would.
 pub fn check(config: &Config) -> Result<CheckReport, Error> {
-    let runtime = plugin::Runtime::new(config.plugins.cache_dir.clone())?;
+    let runtime = plugin::Runtime::with_cache(
+        config.plugins.cache_dir.clone(),
+        config.plugins.cache_max_bytes,
+    )?;
     let mut registry = control::registry::Registry::new(runtime, &config.plugins)?;
     let state = registry.build_state(config, &std::sync::Arc::new(Metrics::default()), None)?;
     let mut lines: Vec<String> = Vec::new();
@@ -178,7 +186,57 @@ pub struct PluginReport {
     pub world: &'static str,
     /// What `init` said about the configuration: `Err` is its refusal.
     pub init: Result<(), String>,
+    /// `select` on synthetic requests (after `set-backends` with
+    /// [`CHECK_BACKENDS`]), when `init` accepted the configuration.
+    pub selects: Vec<SelectProbe>,
 }
+
+/// The backends `veer plugin check` gives a plugin: address, weight, labels.
+pub const CHECK_BACKENDS: [(&str, u32, &str); 4] = [
+    ("10.0.0.1:80", 1, "a"),
+    ("10.0.0.2:80", 1, "a"),
+    ("10.0.0.3:80", 2, "b"),
+    ("10.0.0.4:80", 1, "b"),
+];
+
+/// One synthetic `select` of `veer plugin check`, under the real limits.
+#[derive(Debug)]
+pub struct SelectProbe {
+    /// The request, as `METHOD path` and its headers.
+    pub request: String,
+    /// The ids it answered, or how the call failed (trap, deadline).
+    pub answer: Result<Vec<u32>, String>,
+    /// Wall time of the call.
+    pub took: std::time::Duration,
+    /// Fuel it burnt (≈ Wasm instructions).
+    pub fuel: u64,
+    /// Whether the proxy would count it as slow (over `slow_call_us`, with
+    /// the fuel to show for it) or as a host-call storm.
+    pub strike: Option<String>,
+}
+
+/// A synthetic request: method, path (with query), headers.
+type CheckRequest = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The requests `veer plugin check` sends to `select`.
+const CHECK_REQUESTS: [CheckRequest; 4] = [
+    ("GET", "/", &[]),
+    (
+        "GET",
+        "/cart?user=42",
+        &[("x-user", "alice"), ("cookie", "session=abc123")],
+    ),
+    (
+        "POST",
+        "/api/orders",
+        &[("x-version", "v2"), ("x-zone", "b")],
+    ),
+    ("GET", "/static/logo.png", &[("x-canary", "1")]),
+];
 
 /// Validates a plugin file offline: loads it (is it a component of a world
 /// this Veer serves?), then instantiates it and runs `init` with
@@ -192,20 +250,105 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
     })?;
     let limits = config::PluginsSection::default().limits();
     let plugin = runtime.load(&path.display().to_string(), &bytes, limits)?;
-    let mut instance = plugin::Instance::new(&plugin, std::sync::Arc::from([]), limits, 1)?;
-    let init = instance
-        .init(config_json)
-        .map_err(|e| PluginError::Trapped {
-            plugin: plugin.name().to_string(),
-            call: "init",
-            reason: e.to_string(),
-        })?;
+    let stats: std::sync::Arc<[std::sync::Arc<stats::BackendStats>]> =
+        CHECK_BACKENDS.iter().map(|_| Default::default()).collect();
+    let mut instance = plugin::Instance::new(&plugin, stats, limits, 1)?;
+    let trapped = |call, e: plugin::CallError| PluginError::Trapped {
+        plugin: plugin.name().to_string(),
+        call,
+        reason: e.to_string(),
+    };
+    let init = instance.init(config_json).map_err(|e| trapped("init", e))?;
+    let mut selects = Vec::new();
+    if init.is_ok() {
+        let backends: Vec<plugin::BackendInfo> = CHECK_BACKENDS
+            .iter()
+            .enumerate()
+            .map(|(id, (address, weight, zone))| plugin::BackendInfo {
+                id: id as u32,
+                address: address.to_string(),
+                weight: *weight,
+                labels: vec![("zone".to_string(), zone.to_string())],
+            })
+            .collect();
+        instance
+            .set_backends(&backends)
+            .map_err(|e| trapped("set-backends", e))?;
+        for (method, path, headers) in CHECK_REQUESTS {
+            selects.push(probe_select(&mut instance, limits, method, path, headers));
+            if selects.last().is_some_and(|p| p.answer.is_err()) {
+                // A failed call leaves the instance unusable: start afresh.
+                let stats = CHECK_BACKENDS.iter().map(|_| Default::default()).collect();
+                instance = plugin::Instance::new(&plugin, stats, limits, 1)?;
+                let _ = instance.init(config_json);
+                let _ = instance.set_backends(&backends);
+            }
+        }
+    }
     Ok(PluginReport {
         name: plugin.name().to_string(),
         version: plugin.version().to_string(),
         world: plugin.world(),
         init,
+        selects,
     })
+}
+
+/// One `select` of `veer plugin check`.
+fn probe_select(
+    instance: &mut plugin::Instance,
+    limits: plugin::Limits,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> SelectProbe {
+    let mut scope = plugin::RequestScope {
+        uri: path.parse().unwrap_or_default(),
+        ..Default::default()
+    };
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            ::http::HeaderName::from_bytes(name.as_bytes()),
+            ::http::HeaderValue::from_str(value),
+        ) {
+            scope.headers.append(name, value);
+        }
+    }
+    let method = ::http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+    let only_path = path.split('?').next().unwrap_or(path);
+    let started = std::time::Instant::now();
+    let answer = instance.select(
+        &method,
+        "example.com",
+        only_path,
+        std::net::Ipv4Addr::new(192, 0, 2, 7).into(),
+        &mut scope,
+    );
+    let took = started.elapsed();
+    let fuel = instance.fuel_used();
+    let strike = if instance.stormed() {
+        Some(format!("more than {} host calls", plugin::MAX_HOST_CALLS))
+    } else if took > limits.slow_call
+        && fuel >= limits.slow_call.as_micros() as u64 * plugin::SLOW_FUEL_PER_US
+    {
+        Some(format!(
+            "slower than plugins.slow_call_us ({} µs)",
+            limits.slow_call.as_micros()
+        ))
+    } else {
+        None
+    };
+    let request = std::iter::once(format!("{method} {path}"))
+        .chain(headers.iter().map(|(n, v)| format!("{n}: {v}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    SelectProbe {
+        request,
+        answer: answer.map_err(|e| e.to_string()),
+        took,
+        fuel,
+        strike,
+    }
 }
 
 /// Internals the benchmarks (`bench/`) and a few tests drive directly. Not a

@@ -112,8 +112,7 @@ impl Drop for LogGuard {
 /// `[access_log]`, read once here), access lines go there, whether the
 /// access log is on now or is turned on by a later reload.
 pub fn init(access_output: Option<&str>) -> std::io::Result<LogGuard> {
-    let own_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let own_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a terminal: not in files, journald or `docker logs`.
     let own = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -102,16 +102,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not usable", file.display()))?;
             println!("plugin: {} {}", report.name, report.version);
             println!("world:  {}", report.world);
-            match report.init {
-                Ok(()) => {
-                    println!("init:   ok with {config}");
-                    Ok(())
-                }
-                Err(message) => {
-                    println!("init:   refused {config}: {message}");
-                    anyhow::bail!("{} refuses this configuration", report.name)
-                }
+            if let Err(message) = report.init {
+                println!("init:   refused {config}: {message}");
+                anyhow::bail!("{} refuses this configuration", report.name)
             }
+            println!("init:   ok with {config}");
+            let backends: Vec<String> = veer::CHECK_BACKENDS
+                .iter()
+                .enumerate()
+                .map(|(id, (address, weight, zone))| {
+                    format!("{id}={address} (weight {weight}, zone {zone})")
+                })
+                .collect();
+            println!("set-backends: ok with {}", backends.join(", "));
+            let mut failed = 0;
+            for probe in &report.selects {
+                let answer = match &probe.answer {
+                    Ok(ids) if ids.is_empty() => {
+                        "[] (no backend: the pool's failure policy would serve)".to_string()
+                    }
+                    Ok(ids) => format!("{ids:?}"),
+                    Err(e) => {
+                        failed += 1;
+                        format!("FAILED: {e}")
+                    }
+                };
+                let fuel = match probe.answer {
+                    Ok(_) => format!(", {} fuel", probe.fuel),
+                    Err(_) => String::new(),
+                };
+                println!(
+                    "select: {} -> {answer} in {} µs{fuel}{}",
+                    probe.request,
+                    probe.took.as_micros(),
+                    probe
+                        .strike
+                        .as_deref()
+                        .map(|s| format!(" — {s}: counts toward the backoff"))
+                        .unwrap_or_default()
+                );
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "{} failed {failed} of {} select calls under the real limits",
+                    report.name,
+                    report.selects.len()
+                )
+            }
+            Ok(())
         }
         Command::Demo {
             listen,

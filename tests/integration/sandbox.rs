@@ -47,7 +47,12 @@ async fn fast_pool_rate(proxy: &Proxy, settle: Duration, window: Duration) -> f6
 async fn a_slow_but_legal_plugin_is_rested_and_every_request_is_answered() {
     let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&two_pools("slow", &[&a, &b], "")).await;
-    fast_pool_rate(&proxy, Duration::from_millis(500), Duration::from_millis(500)).await;
+    fast_pool_rate(
+        &proxy,
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+    )
+    .await;
     let m = proxy.metrics.snapshot();
     assert!(m.plugin_slow_calls >= 3, "slow calls are counted: {m:?}");
     assert!(
@@ -95,7 +100,12 @@ async fn measure_the_other_pool_on_a_slow_plugins_worker_keeps_80_percent_of_its
 async fn a_plugin_storming_host_calls_is_cut_off_counted_and_rested() {
     let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&two_pools("storm", &[&a, &b], "")).await;
-    fast_pool_rate(&proxy, Duration::from_millis(300), Duration::from_millis(300)).await;
+    fast_pool_rate(
+        &proxy,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    )
+    .await;
     let m = proxy.metrics.snapshot();
     assert!(m.plugin_host_call_storms >= 3, "{m:?}");
     assert!(m.fallback_selections > 0, "rested: {m:?}");
@@ -154,7 +164,10 @@ async fn stderr_of(toml: &str, requests: impl AsyncFnOnce(std::net::SocketAddr))
         .unwrap();
     let started = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "veer did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "veer did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     requests(addr).await;
@@ -225,5 +238,49 @@ fn a_component_with_two_memories_is_refused_by_plugin_check() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("multi-memory") || stderr.contains("multiple memories"), "{stderr}");
+    assert!(
+        stderr.contains("multi-memory") || stderr.contains("multiple memories"),
+        "{stderr}"
+    );
+}
+
+/// `veer plugin check FILE --config JSON`: (succeeded, stdout + stderr).
+fn plugin_check(file: &str, config: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["plugin", "check", file, "--config", config])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn plugin_check_runs_select_under_the_real_limits_and_reports_answers_costs_and_failures() {
+    let misbehave = test_plugin("misbehave");
+    let (ok, text) = plugin_check(&misbehave, r#"{"mode":"first"}"#);
+    assert!(ok, "{text}");
+    assert!(text.contains("set-backends: ok"), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("select: ") && l.contains("-> [0] in "))
+            .count(),
+        4,
+        "four synthetic requests, each answered:\n{text}"
+    );
+
+    let (ok, text) = plugin_check(&misbehave, r#"{"mode":"spin"}"#);
+    assert!(
+        !ok,
+        "a plugin that loops in select fails the check:\n{text}"
+    );
+    assert!(text.contains("FAILED: ran past its deadline"), "{text}");
+
+    let (ok, text) = plugin_check(&misbehave, r#"{"mode":"trap"}"#);
+    assert!(!ok && text.contains("FAILED: trapped"), "{text}");
+
+    let (ok, text) = plugin_check(&misbehave, r#"{"mode":"slow"}"#);
+    assert!(ok, "slow is legal:\n{text}");
+    assert!(text.contains("slower than plugins.slow_call_us"), "{text}");
 }

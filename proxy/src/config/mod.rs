@@ -47,8 +47,8 @@ pub use observe::{AccessLog, AccessLogSection, LogFormat, TraceSection, TraceSet
 pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{
-    AllDown, BackendConfig, BackendSection, PoolConfig, PoolSection, Protocol, UpstreamTls,
-    UpstreamTlsSection,
+    AllDown, BackendConfig, BackendSection, PluginFailure, PoolConfig, PoolSection, Protocol,
+    UpstreamTls, UpstreamTlsSection,
 };
 pub use retry::{RetryPolicy, RetrySection};
 pub use routes::{Route, RouteSection};

@@ -51,8 +51,14 @@ pub struct PluginsSection {
     pub debounce_ms: u64,
     /// Cache of compiled plugins, keyed by content and engine settings, so a
     /// restart does not recompile. "" disables it. Default
-    /// `$XDG_CACHE_HOME/veer` or `~/.cache/veer`.
+    /// `$XDG_CACHE_HOME/veer` or `~/.cache/veer`. It holds native code, so a
+    /// folder that belongs to another user, or that group or others may
+    /// write, is not used (plugins are then compiled at each start): see
+    /// `plugin/cache.rs`.
     pub cache_dir: Option<PathBuf>,
+    /// Room the compiled-plugin cache may take, MiB: past it, the least
+    /// recently used entries are deleted. Default 256.
+    pub cache_max_mib: u64,
 }
 
 impl Default for PluginsSection {
@@ -70,6 +76,7 @@ impl Default for PluginsSection {
             dir: PathBuf::from("plugins"),
             debounce_ms: 200,
             cache_dir: None,
+            cache_max_mib: 256,
         }
     }
 }
@@ -108,6 +115,9 @@ pub struct PluginSettings {
     pub debounce: Duration,
     /// The compiled-plugin cache folder (resolved), if any.
     pub cache_dir: Option<PathBuf>,
+    /// Room the compiled-plugin cache may take, bytes (see
+    /// [`PluginsSection::cache_max_mib`]).
+    pub cache_max_bytes: u64,
 }
 
 impl PluginsSection {
@@ -134,6 +144,8 @@ impl PluginsSection {
         bounded_ms("plugins.debounce_ms", self.debounce_ms, 0, 60_000)?;
         in_range("plugins.memory_limit_mib", self.memory_limit_mib, 1, 4096)?;
         in_range("plugins.max_file_mib", self.max_file_mib, 1, 4096)?;
+        // Up to 1 TiB.
+        in_range("plugins.cache_max_mib", self.cache_max_mib, 1, 1 << 20)?;
         in_range(
             "plugins.slow_call_us",
             self.slow_call_us,
@@ -153,12 +165,18 @@ impl PluginsSection {
                 Some(dir) => optional_path(base_dir, dir),
                 None => default_cache_dir(),
             },
+            cache_max_bytes: self.cache_max_mib << 20,
         })
     }
 }
 
 /// The default compiled-plugin cache: `$XDG_CACHE_HOME/veer`, else
 /// `$HOME/.cache/veer`, else none.
+///
+/// Under `sudo -E` (root with another user's `$HOME`), this names a folder in
+/// that user's home: the cache refuses it (the folder, or a folder above it,
+/// belongs to that user, who could plant native code there) and runs without
+/// a cache, saying so. Give root a folder of its own with `cache_dir`.
 fn default_cache_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
@@ -199,7 +217,9 @@ mod tests {
     fn plugin_files_are_read_up_to_64_mib_unless_max_file_mib_says_otherwise() {
         let s = section("").validate(Path::new(".")).unwrap();
         assert_eq!(s.max_file_bytes, 64 << 20);
-        let s = section("max_file_mib = 2").validate(Path::new(".")).unwrap();
+        let s = section("max_file_mib = 2")
+            .validate(Path::new("."))
+            .unwrap();
         assert_eq!(s.max_file_bytes, 2 << 20);
     }
 
@@ -215,5 +235,23 @@ mod tests {
     fn an_empty_dir_turns_the_plugin_folder_off() {
         let s = section("dir = \"\"").validate(Path::new(".")).unwrap();
         assert_eq!(s.dir, None);
+    }
+
+    #[test]
+    fn the_compiled_plugin_cache_takes_up_to_256_mib_unless_cache_max_mib_says_otherwise() {
+        let s = section("").validate(Path::new(".")).unwrap();
+        assert_eq!(s.cache_max_bytes, 256 << 20);
+        let s = section("cache_max_mib = 1")
+            .validate(Path::new("."))
+            .unwrap();
+        assert_eq!(s.cache_max_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_compiled_plugin_cache_cap_of_zero_is_refused_by_its_key() {
+        let err = section("cache_max_mib = 0")
+            .validate(Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("plugins.cache_max_mib"));
     }
 }

@@ -91,6 +91,15 @@ pub struct PoolSection {
     /// anyway; `"503"` answers 503 at once. Default `"fail-open"`.
     #[serde(default = "default_all_down")]
     pub when_all_down: String,
+    /// When the strategy plugin fails (traps, misses its deadline, answers
+    /// no backend, or is rested): `"fallback"` orders the request by the
+    /// host's round robin over the whole pool; `"last-good"` by the plugin
+    /// version this pool ran before the last swap, if it served without
+    /// failing (else round robin); `"reject"` answers 503 with the reason,
+    /// for strategies whose contract forbids leaking outside a subset.
+    /// Default `"fallback"`.
+    #[serde(default = "default_plugin_failure")]
+    pub on_plugin_failure: String,
     /// Active health checks. Default none.
     #[serde(default)]
     pub health: Option<HealthSection>,
@@ -119,6 +128,32 @@ impl Protocol {
     pub fn is_h2(self) -> bool {
         self != Protocol::Http1
     }
+}
+
+/// What a pool does when its strategy plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginFailure {
+    /// The host's round robin over the whole pool.
+    Fallback,
+    /// The previous plugin version, if it served without failing.
+    LastGood,
+    /// 503 with the reason.
+    Reject,
+}
+
+impl PluginFailure {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginFailure::Fallback => "fallback",
+            PluginFailure::LastGood => "last-good",
+            PluginFailure::Reject => "reject",
+        }
+    }
+}
+
+fn default_plugin_failure() -> String {
+    "fallback".into()
 }
 
 /// What a pool does when every candidate is down or unhealthy.
@@ -297,6 +332,8 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// See [`PoolSection::when_all_down`].
     pub when_all_down: AllDown,
+    /// See [`PoolSection::on_plugin_failure`].
+    pub on_plugin_failure: PluginFailure,
     /// See [`PoolSection::health`].
     pub health: Option<HealthCheck>,
     /// See [`PoolSection::retry`].
@@ -446,6 +483,17 @@ pub(super) fn validate_pool(
             ));
         }
     };
+    let on_plugin_failure = match pool.on_plugin_failure.as_str() {
+        "fallback" => PluginFailure::Fallback,
+        "last-good" => PluginFailure::LastGood,
+        "reject" => PluginFailure::Reject,
+        other => {
+            return Err(ConfigError::at(
+                format!("{key}.on_plugin_failure"),
+                format!("{other:?} is not a choice; use \"fallback\", \"last-good\" or \"reject\""),
+            ));
+        }
+    };
     let slow_start = match pool.slow_start_ms {
         0 => Duration::ZERO,
         ms => ms_of("slow_start_ms", ms, DAY_MS)?,
@@ -486,6 +534,7 @@ pub(super) fn validate_pool(
         max_streams_per_connection,
         slow_start,
         when_all_down,
+        on_plugin_failure,
         health,
         retry,
     })
@@ -598,5 +647,17 @@ mod tests {
         assert_eq!(p.slow_start, Duration::from_secs(5));
         assert!(p.health.is_some());
         assert_eq!(p.when_all_down, AllDown::FailOpen);
+        assert_eq!(p.on_plugin_failure, PluginFailure::Fallback);
+    }
+
+    #[test]
+    fn the_plugin_failure_policy_is_one_of_three_named_choices() {
+        let one = "backends = [\"127.0.0.1:1\"]\n";
+        let p = pool(&format!("{one}on_plugin_failure = \"reject\"")).unwrap();
+        assert_eq!(p.on_plugin_failure, PluginFailure::Reject);
+        let p = pool(&format!("{one}on_plugin_failure = \"last-good\"")).unwrap();
+        assert_eq!(p.on_plugin_failure, PluginFailure::LastGood);
+        let err = pool(&format!("{one}on_plugin_failure = \"retry\"")).unwrap_err();
+        assert_eq!(err.key(), Some("pools.web.on_plugin_failure"));
     }
 }

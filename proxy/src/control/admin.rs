@@ -401,7 +401,15 @@ impl Admin {
                     "sha256": plugin.hash(),
                     "generation": plugin.generation(),
                     "loaded_unix_ms": plugin.loaded_unix_ms(),
-                    "state": if rested == 0 { "serving".to_string() } else { format!("rested on {rested} worker(s)") },
+                    "state": if pool.balancer.rolled_back() {
+                        "rolled back: the last good version serves".to_string()
+                    } else if rested == 0 {
+                        "serving".to_string()
+                    } else {
+                        format!("rested on {rested} worker(s)")
+                    },
+                    "rolled_back": pool.balancer.rolled_back(),
+                    "on_plugin_failure": pool.config.on_plugin_failure.as_str(),
                     "select_calls": sum.select.count(),
                     "traps": sum.traps,
                     "timeouts": sum.timeouts,

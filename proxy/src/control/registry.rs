@@ -1,6 +1,7 @@
 //! Plugins by name, from three sources (the first that has a name wins):
 //!
-//! 1. the watched plugin folder (`plugins.dir`), which changes at run time;
+//! 1. the watched plugin folder (`plugins.dir`), which changes at run time
+//!    (read through [`folder`](crate::control::folder));
 //! 2. the files the configuration loads (`plugins.load`);
 //! 3. the built-ins embedded in the binary (compiled on first use).
 //!
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, PluginSettings};
+use crate::control::folder::{self, Change};
 use crate::error::{ConfigError, PluginError};
 use crate::http::RetryBudget;
 use crate::http::observe::PoolLog;
@@ -39,13 +41,23 @@ fn is_builtin(name: &str) -> bool {
     builtin_names().any(|b| b == name)
 }
 
+/// Plugins by name, as `plugins.load` gives them.
+pub type Loaded = BTreeMap<String, Arc<Plugin>>;
+
+/// The folder plugins in use, by file.
+pub type FolderPlugins = BTreeMap<PathBuf, Arc<Plugin>>;
+
 /// The plugins known to a running proxy (or a `veer check`).
 pub struct Registry {
     runtime: plugin::Runtime,
     settings: PluginSettings,
     builtins: BTreeMap<String, Arc<Plugin>>,
-    loaded: BTreeMap<String, Arc<Plugin>>,
-    folder: BTreeMap<PathBuf, Arc<Plugin>>,
+    loaded: Loaded,
+    folder: FolderPlugins,
+    /// Folder files refused, by path: the hash of what was refused, the read
+    /// error, or [`folder::GONE`]. The same thing is not refused twice; all
+    /// are tried again when the configuration changes.
+    refused: BTreeMap<PathBuf, String>,
 }
 
 impl Registry {
@@ -62,8 +74,9 @@ impl Registry {
             builtins: BTreeMap::new(),
             loaded: BTreeMap::new(),
             folder: BTreeMap::new(),
+            refused: BTreeMap::new(),
         };
-        registry.load_files(settings)?;
+        registry.loaded = Registry::read_load_files(&registry.runtime, settings)?;
         if let Some(dir) = &settings.dir {
             registry.scan_folder(dir);
         }
@@ -75,11 +88,18 @@ impl Registry {
         &self.runtime
     }
 
-    fn load_files(&mut self, settings: &PluginSettings) -> Result<(), ConfigError> {
+    /// Loads the files `settings.load` names (an error names
+    /// `plugins.load[i]`). It reads and compiles: the control loop runs it on
+    /// a blocking thread.
+    pub fn read_load_files(
+        runtime: &plugin::Runtime,
+        settings: &PluginSettings,
+    ) -> Result<Loaded, ConfigError> {
         let mut loaded = BTreeMap::new();
         for (i, path) in settings.load.iter().enumerate() {
             let key = format!("plugins.load[{i}]");
-            let plugin = self.load_file(path).map_err(|e| ConfigError::at(&key, e))?;
+            let plugin =
+                load_file(runtime, settings, path).map_err(|e| ConfigError::at(&key, e))?;
             let name = plugin.name().to_string();
             if is_builtin(&name) && !settings.allow_override_builtin {
                 return Err(ConfigError::at(
@@ -105,41 +125,53 @@ impl Registry {
             tracing::info!(plugin = %name, version = plugin.version(), file = %path.display(), "plugin loaded");
             loaded.insert(name, Arc::new(plugin));
         }
-        self.loaded = loaded;
-        Ok(())
+        Ok(loaded)
     }
 
-    /// Reads and loads one plugin file.
+    /// Reads and loads one plugin file (as `plugins.load` would).
     pub fn load_file(&self, path: &Path) -> Result<Plugin, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
-        self.runtime
-            .load(&path.display().to_string(), &bytes, self.settings.limits)
-            .map_err(|e| e.to_string())
+        load_file(&self.runtime, &self.settings, path)
     }
 
+    /// Loads the folder's plugins at startup. Cannot hang: files are read
+    /// through [`folder::read_plugin_file`]. A bad file is logged, remembered
+    /// and skipped, as it would be at run time.
     fn scan_folder(&mut self, dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        if !dir.is_dir() {
             tracing::info!(dir = %dir.display(), "plugin folder not found; create it to drop plugins in");
             return;
+        }
+        let none = BTreeMap::new();
+        let look = folder::Look {
+            dir,
+            loaded: &none,
+            refused: &none,
+            runtime: &self.runtime,
+            limits: self.settings.limits,
+            max_file_bytes: self.settings.max_file_bytes,
         };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_plugin_file(p))
-            .collect();
-        paths.sort();
-        for path in paths {
-            match self
-                .load_file(&path)
-                .and_then(|plugin| self.check_folder_name(&path, &plugin).map(|()| plugin))
-            {
-                Ok(plugin) => {
-                    tracing::info!(plugin = plugin.name(), version = plugin.version(), file = %path.display(), "plugin loaded from the folder");
-                    self.folder
-                        .insert(path, Arc::new(plugin.into_folder_plugin()));
-                }
-                Err(reason) => tracing::warn!(file = %path.display(), "plugin refused: {reason}"),
+        let found = match look.run() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot list the plugin folder: {e}");
+                return;
             }
+        };
+        for (path, what) in found {
+            let refused = match what {
+                folder::Found::New(plugin) => match self.check_folder_name(&path, &plugin) {
+                    Ok(()) => {
+                        tracing::info!(plugin = plugin.name(), version = plugin.version(), file = %path.display(), "plugin loaded from the folder");
+                        self.folder.insert(path, plugin);
+                        continue;
+                    }
+                    Err(reason) => (plugin.hash().to_string(), reason),
+                },
+                folder::Found::Bad { record, reason } => (record, reason),
+                folder::Found::Loaded | folder::Found::Refused => continue,
+            };
+            tracing::warn!(file = %path.display(), "plugin refused: {}", refused.1);
+            self.refused.insert(path, refused.0);
         }
     }
 
@@ -164,26 +196,80 @@ impl Registry {
         Ok(())
     }
 
-    /// Puts a folder plugin in place (replacing what `path` held); returns
-    /// the previous one, to put back if the new one is refused.
-    pub fn put_folder(&mut self, path: &Path, plugin: Arc<Plugin>) -> Option<Arc<Plugin>> {
-        self.folder.insert(path.to_path_buf(), plugin)
+    /// Applies changes to the folder plugins, all or none: a plugin put in
+    /// must not take a built-in's name (unless allowed) or another file's.
+    /// Returns what was there before, for [`Registry::restore_folder`].
+    pub fn apply_folder(&mut self, changes: &[Change]) -> Result<FolderPlugins, String> {
+        let before = self.folder.clone();
+        for change in changes {
+            match change {
+                Change::Put(path, plugin) => self.folder.insert(path.clone(), plugin.clone()),
+                Change::Remove(path) => self.folder.remove(path),
+            };
+        }
+        for change in changes {
+            if let Change::Put(path, plugin) = change
+                && let Err(reason) = self.check_folder_name(path, plugin)
+            {
+                self.folder = before;
+                return Err(match changes.len() {
+                    1 => reason,
+                    _ => format!("{}: {reason}", path.display()),
+                });
+            }
+        }
+        Ok(before)
     }
 
-    /// Takes a folder plugin out (its file was deleted); returns it.
-    pub fn remove_folder(&mut self, path: &Path) -> Option<Arc<Plugin>> {
-        self.folder.remove(path)
+    /// Puts back the folder plugins [`Registry::apply_folder`] returned.
+    pub fn restore_folder(&mut self, before: FolderPlugins) {
+        self.folder = before;
+    }
+
+    /// The hash of each folder plugin in use, by file.
+    pub fn folder_hashes(&self) -> BTreeMap<PathBuf, String> {
+        self.folder
+            .iter()
+            .map(|(path, plugin)| (path.clone(), plugin.hash().to_string()))
+            .collect()
+    }
+
+    /// The folder files refused (see [`Registry::note_refused`]).
+    pub fn refused(&self) -> &BTreeMap<PathBuf, String> {
+        &self.refused
+    }
+
+    /// Remembers that `record` (a hash, a read error, or [`folder::GONE`])
+    /// was refused from `path`; false if that was known already.
+    pub fn note_refused(&mut self, path: &Path, record: String) -> bool {
+        self.refused.insert(path.to_path_buf(), record.clone()) != Some(record)
+    }
+
+    /// Forgets a refusal: the file is back to what is in use, or gone.
+    pub fn forget_refused(&mut self, path: &Path) {
+        self.refused.remove(path);
     }
 
     /// Applies new plugin settings (limits, `load` files) from a reloaded
     /// configuration; the folder and compiled built-ins stay.
     pub fn reconfigure(&mut self, settings: &PluginSettings) -> Result<(), ConfigError> {
-        let previous = std::mem::replace(&mut self.settings, settings.clone());
-        if let Err(e) = self.load_files(settings) {
-            self.settings = previous;
-            return Err(e);
-        }
+        let loaded = Registry::read_load_files(&self.runtime, settings)?;
+        self.swap_settings(settings.clone(), loaded);
         Ok(())
+    }
+
+    /// Puts new plugin settings and the `load` files they give (see
+    /// [`Registry::read_load_files`]) in place; returns the previous ones, to
+    /// put back if the configuration is refused.
+    pub fn swap_settings(
+        &mut self,
+        settings: PluginSettings,
+        loaded: Loaded,
+    ) -> (PluginSettings, Loaded) {
+        (
+            std::mem::replace(&mut self.settings, settings),
+            std::mem::replace(&mut self.loaded, loaded),
+        )
     }
 
     /// The plugin named `name`, compiling a built-in on first use.
@@ -296,6 +382,12 @@ impl Registry {
                 failures_before_backoff: config.plugins.failures_before_backoff,
                 seed: config.plugins.random_seed,
                 instances: config.server.workers,
+                on_failure: pool.on_plugin_failure,
+                // A new version of the plugin for the same pool settings may
+                // fall back on the one it replaces.
+                last_good: before
+                    .filter(|b| b.config == *pool)
+                    .and_then(|b| b.balancer.last_good()),
             };
             let balancer =
                 Balancer::new(plugin, settings, metrics.clone()).map_err(|e| match e {
@@ -336,12 +428,16 @@ impl Registry {
     }
 }
 
-/// Whether `path` is a plugin file the folder watcher takes: `*.wasm`, not
-/// hidden (editors and copy tools write hidden temporaries first).
-pub fn is_plugin_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "wasm")
-        && path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !n.starts_with('.'))
+/// Reads (through [`folder::read_plugin_file`]: regular files only, at most
+/// `plugins.max_file_mib`) and loads one plugin file.
+fn load_file(
+    runtime: &plugin::Runtime,
+    settings: &PluginSettings,
+    path: &Path,
+) -> Result<Plugin, String> {
+    let bytes = folder::read_plugin_file(path, settings.max_file_bytes)
+        .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+    runtime
+        .load(&path.display().to_string(), &bytes, settings.limits)
+        .map_err(|e| e.to_string())
 }

@@ -2,18 +2,27 @@
 //! into (changed in, removed from) the plugin folder, and configuration
 //! reloads (the file changed, SIGHUP, or [`Handle::reload`]).
 //!
-//! Every change builds a new [`State`] off the request path (compiling on a
-//! blocking thread) and swaps it in atomically. Requests that started before
-//! keep the `Arc<Pool>` they took, so they finish on the old generation, which
-//! is freed (plugin instances included) when its last request ends. A change
-//! that fails (bad file, refused configuration) is logged with the file and
-//! the reason, counted, and changes nothing.
+//! Every change builds a new [`State`] off the request path (reading and
+//! compiling on a blocking thread) and swaps it in atomically. Requests that
+//! started before keep the `Arc<Pool>` they took, so they finish on the old
+//! generation, which is freed (plugin instances included) when its last
+//! request ends. A change that fails (bad file, refused configuration) is
+//! logged with the file and the reason, counted, and changes nothing.
 //!
-//! File events are debounced: a path must stay quiet for `plugins.debounce_ms`
-//! before it is read, so a writer copying in place and one renaming into place
-//! both work.
+//! Any event in the plugin folder (hidden names included: a Kubernetes
+//! ConfigMap volume changes by swapping its `..data` symlink) makes the whole
+//! folder looked at again, and what changed by content is applied together
+//! (see [`folder`](crate::control::folder)); if that is refused, each change
+//! alone. Refusals are remembered: every configuration reload tries the
+//! refused files again with the new configuration, and a configuration
+//! refused earlier is tried again when the folder changes, so a plugin and
+//! the configuration it needs can arrive in either order.
+//!
+//! File events are debounced: the folder (or the configuration file) must
+//! stay quiet for `plugins.debounce_ms` before it is read, so a writer copying
+//! in place and one renaming into place both work.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,22 +31,31 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, PluginSettings};
+use crate::control::folder::{Change, Diff, Found, Look};
+use crate::control::registry::Registry;
 use crate::listen::tls::CertStore;
+use crate::metrics::Metrics;
+use crate::state::Shared;
 
 /// The debounce key of certificate reloads (not a real path).
 const CERTS: &str = "\0tls-certificates";
-use crate::control::registry::{Registry, is_plugin_file};
-use crate::metrics::Metrics;
-use crate::state::Shared;
+/// The debounce key of plugin folder rescans (not a real path).
+const FOLDER: &str = "\0plugin-folder";
+/// However busy a watched path stays, it is acted on at most this many
+/// debounce periods after its first event: a log written into the plugin
+/// folder nonstop must not hold back plugin swaps for ever.
+const MAX_DEFERRAL: u32 = 10;
 
 /// What the controller is asked to do.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Reload the configuration from its file.
     ReloadConfig,
-    /// A watched path changed.
+    /// The configuration file changed.
     Changed(PathBuf),
+    /// Something changed in the plugin folder.
+    FolderChanged,
     /// Something changed in a folder holding TLS certificates or keys.
     CertsChanged,
 }
@@ -78,32 +96,42 @@ impl Controller {
     ) {
         let _watcher = self.watcher.take();
         let debounce = self.config.plugins.debounce;
-        let mut due: HashMap<PathBuf, Instant> = HashMap::new();
+        // Key -> (first event not acted on yet, when to act).
+        let mut due: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
+        let defer = |due: &mut HashMap<PathBuf, (Instant, Instant)>, key: PathBuf| {
+            let now = Instant::now();
+            let (first, at) = due.entry(key).or_insert((now, now));
+            *at = (now + debounce).min(*first + debounce * MAX_DEFERRAL);
+        };
+        // The configuration file holds one that was refused: tried again
+        // when the plugin folder changes (it may wait for a plugin).
+        let mut config_waits = false;
         loop {
-            let next = due.values().min().copied();
+            let next = due.values().map(|(_, at)| *at).min();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 command = rx.recv() => match command {
                     None => break,
-                    Some(Command::ReloadConfig) => self.reload_config().await,
-                    Some(Command::Changed(path)) => {
-                        due.insert(path, Instant::now() + debounce);
-                    }
-                    Some(Command::CertsChanged) => {
-                        due.insert(PathBuf::from(CERTS), Instant::now() + debounce);
-                    }
+                    Some(Command::ReloadConfig) => config_waits = !self.reload_config(false).await,
+                    Some(Command::Changed(path)) => defer(&mut due, path),
+                    Some(Command::FolderChanged) => defer(&mut due, PathBuf::from(FOLDER)),
+                    Some(Command::CertsChanged) => defer(&mut due, PathBuf::from(CERTS)),
                 },
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                     let now = Instant::now();
-                    let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+                    let ready: Vec<PathBuf> = due.iter().filter(|(_, (_, at))| *at <= now).map(|(p, _)| p.clone()).collect();
                     for path in ready {
                         due.remove(&path);
                         if path.as_os_str() == CERTS {
                             self.reload_certs();
+                        } else if path.as_os_str() == FOLDER {
+                            if config_waits {
+                                config_waits = !self.reload_config(true).await;
+                            } else {
+                                self.rescan().await;
+                            }
                         } else if self.is_config(&path) {
-                            self.reload_config().await;
-                        } else {
-                            self.plugin_changed(&path).await;
+                            config_waits = !self.reload_config(false).await;
                         }
                     }
                 }
@@ -135,98 +163,202 @@ impl Controller {
             .is_some_and(|c| same_file(c, path))
     }
 
-    /// A plugin file appeared, changed or went away.
-    async fn plugin_changed(&mut self, path: &Path) {
-        let metrics = self.shared.metrics.clone();
-        let started = Instant::now();
-        if !path.exists() {
-            let Some(removed) = self.registry.remove_folder(path) else {
-                return;
-            };
-            match self.rebuild() {
-                Ok(()) => {
-                    tracing::info!(plugin = removed.name(), file = %path.display(), "plugin file removed; its pools use what the configuration names")
-                }
-                Err(reason) => {
-                    self.registry.put_folder(path, removed.clone());
-                    Metrics::inc(&metrics.plugin_refusals);
-                    tracing::warn!(plugin = removed.name(), file = %path.display(), "plugin file removed, but it is still needed ({reason}); it keeps serving until the configuration stops naming it");
-                }
+    /// Looks at the plugin folder on a blocking thread: every plugin file is
+    /// read, and those whose content is new are compiled with `settings`.
+    /// With `retry`, files refused before count as new. `None` when there is
+    /// no folder or it cannot be listed (logged).
+    async fn look(
+        &self,
+        settings: &PluginSettings,
+        retry: bool,
+    ) -> Option<BTreeMap<PathBuf, Found>> {
+        let dir = settings.dir.clone()?;
+        let loaded = self.registry.folder_hashes();
+        let refused = match retry {
+            true => BTreeMap::new(),
+            false => self.registry.refused().clone(),
+        };
+        let runtime = self.registry.runtime().clone();
+        let (limits, max_file_bytes) = (settings.limits, settings.max_file_bytes);
+        let found = tokio::task::spawn_blocking(move || {
+            Look {
+                dir: &dir,
+                loaded: &loaded,
+                refused: &refused,
+                runtime: &runtime,
+                limits,
+                max_file_bytes,
             }
+            .run()
+        })
+        .await;
+        match found {
+            Ok(Ok(found)) => Some(found),
+            Ok(Err(e)) => {
+                tracing::warn!(dir = ?settings.dir, "cannot list the plugin folder, nothing changes: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("looking at the plugin folder panicked, nothing changes: {e}");
+                None
+            }
+        }
+    }
+
+    /// Compares a look at the folder with what is in use; remembers the
+    /// files that cannot be plugins and forgets refusals that no longer hold.
+    /// Returns the changes to try.
+    fn diff(&mut self, found: Option<BTreeMap<PathBuf, Found>>, retry: bool) -> Vec<Change> {
+        let Some(found) = found else {
+            return Vec::new();
+        };
+        let diff = Diff::new(
+            found,
+            &self.registry.folder_hashes(),
+            self.registry.refused(),
+            retry,
+        );
+        for path in &diff.settled {
+            self.registry.forget_refused(path);
+        }
+        for (path, record, reason) in diff.bad {
+            if self.registry.note_refused(&path, record) {
+                Metrics::inc(&self.shared.metrics.plugin_refusals);
+                tracing::warn!(file = %path.display(), "plugin refused, the running one keeps serving: {reason}");
+            }
+        }
+        diff.changes
+    }
+
+    /// Something changed in the plugin folder: looks at all of it and applies
+    /// what changed.
+    async fn rescan(&mut self) {
+        let started = Instant::now();
+        let settings = self.config.plugins.clone();
+        let found = self.look(&settings, false).await;
+        let changes = self.diff(found, false);
+        self.apply_changes(changes, started);
+    }
+
+    /// Applies folder changes with the running configuration: all together
+    /// (a plugin moving from one file to another is both at once), else each
+    /// alone, so one bad file does not hold back the others.
+    fn apply_changes(&mut self, changes: Vec<Change>, started: Instant) {
+        if changes.len() > 1 && self.try_apply(None, &changes).is_ok() {
+            changes.iter().for_each(|c| self.accepted(c, started));
             return;
         }
-        // Compile off the control loop: a large plugin takes a while.
-        let runtime = self.registry.runtime().clone();
-        let limits = self.config.plugins.limits;
-        let file = path.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&file).map_err(|e| format!("could not read it: {e}"))?;
-            runtime
-                .load(&file.display().to_string(), &bytes, limits)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
-        let plugin = match loaded
-            .and_then(|p| self.registry.check_folder_name(path, &p).map(|()| p))
-        {
-            Ok(plugin) => Arc::new(plugin.into_folder_plugin()),
-            Err(reason) => {
-                Metrics::inc(&metrics.plugin_refusals);
-                tracing::warn!(file = %path.display(), "plugin refused, the running one keeps serving: {reason}");
-                return;
+        for change in changes {
+            match self.try_apply(None, std::slice::from_ref(&change)) {
+                Ok(()) => self.accepted(&change, started),
+                Err(reason) => self.refused(&change, &reason),
             }
-        };
-        let previous = self.registry.put_folder(path, plugin.clone());
-        match self.rebuild() {
-            Ok(()) => {
-                Metrics::inc(&metrics.plugin_swaps);
+        }
+    }
+
+    /// Builds the state `new` (else the running configuration) and the
+    /// folder with `changes` give, and swaps it in. On failure the folder
+    /// plugins are left as they were.
+    fn try_apply(&mut self, new: Option<&Config>, changes: &[Change]) -> Result<(), String> {
+        let before = self.registry.apply_folder(changes)?;
+        let config = new.unwrap_or(&self.config);
+        let current = self.shared.state.load_full();
+        match self
+            .registry
+            .build_state(config, &self.shared.metrics, Some(&current))
+        {
+            Ok(state) => {
+                self.shared.state.store(Arc::new(state));
+                Ok(())
+            }
+            Err(e) => {
+                self.registry.restore_folder(before);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn accepted(&mut self, change: &Change, started: Instant) {
+        self.registry.forget_refused(change.path());
+        let file = change.path().display();
+        match change {
+            Change::Put(_, plugin) => {
+                Metrics::inc(&self.shared.metrics.plugin_swaps);
                 tracing::info!(
                     plugin = plugin.name(),
                     version = plugin.version(),
                     world = plugin.world(),
-                    file = %path.display(),
+                    file = %file,
                     took_ms = started.elapsed().as_millis() as u64,
                     "plugin swapped in"
                 );
             }
-            Err(reason) => {
-                match previous {
-                    Some(previous) => self.registry.put_folder(path, previous),
-                    None => self.registry.remove_folder(path),
-                };
-                Metrics::inc(&metrics.plugin_refusals);
-                tracing::warn!(file = %path.display(), "plugin refused, the running one keeps serving: {reason}");
+            Change::Remove(_) => {
+                tracing::info!(file = %file, "plugin file removed; its pools use what the configuration names")
             }
         }
     }
 
-    /// Rebuilds the state from the current configuration and registry and
-    /// swaps it in.
-    fn rebuild(&mut self) -> Result<(), String> {
-        let current = self.shared.state.load_full();
-        let state = self
-            .registry
-            .build_state(&self.config, &self.shared.metrics, Some(&current))
-            .map_err(|e| e.to_string())?;
-        self.shared.state.store(Arc::new(state));
-        Ok(())
+    /// Remembers a refused change; logged and counted once per content.
+    fn refused(&mut self, change: &Change, reason: &str) {
+        let file = change.path().display();
+        if !self.registry.note_refused(change.path(), change.record()) {
+            tracing::info!(file = %file, "plugin file still refused: {reason}");
+            return;
+        }
+        Metrics::inc(&self.shared.metrics.plugin_refusals);
+        match change {
+            Change::Put(..) => {
+                tracing::warn!(file = %file, "plugin refused, the running one keeps serving: {reason}")
+            }
+            Change::Remove(_) => {
+                tracing::warn!(file = %file, "plugin file removed, but it is still needed ({reason}); it keeps serving until the configuration stops naming it")
+            }
+        }
     }
 
-    /// Reloads the configuration file; a bad one changes nothing.
-    async fn reload_config(&mut self) {
+    /// Reloads the configuration file, trying again every plugin file
+    /// refused so far with it; a bad configuration changes nothing. `retry`:
+    /// this file was refused before and the folder changed (a refusal again
+    /// is not counted again). Returns whether the file's configuration is the
+    /// running one now.
+    async fn reload_config(&mut self, retry: bool) -> bool {
+        let started = Instant::now();
         let metrics = self.shared.metrics.clone();
         let Some(path) = self.config.source.clone() else {
             tracing::warn!("reload asked, but this configuration was not read from a file");
-            return;
+            return true;
         };
-        let refuse = |reason: String| {
-            Metrics::inc(&metrics.config_reload_refusals);
-            tracing::warn!(file = %path.display(), "new configuration refused, the running one stays: {reason}");
+        let refuse = |reason: &str| match retry {
+            true => {
+                tracing::info!(file = %path.display(), "the configuration refused earlier still does not apply: {reason}")
+            }
+            false => {
+                Metrics::inc(&metrics.config_reload_refusals);
+                tracing::warn!(file = %path.display(), "new configuration refused, the running one stays: {reason}");
+            }
         };
-        let new = match Config::load(&path) {
-            Ok(new) => new,
-            Err(e) => return refuse(e.to_string()),
+        // Read, and the files of `plugins.load` compiled, off the loop.
+        let runtime = self.registry.runtime().clone();
+        let file = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let new = Config::load(&file).map_err(|e| e.to_string())?;
+            let loaded =
+                Registry::read_load_files(&runtime, &new.plugins).map_err(|e| e.to_string())?;
+            Ok((new, loaded))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+        let (mut new, loaded) = match read {
+            Ok(read) => read,
+            Err(reason) => {
+                refuse(&reason);
+                if retry {
+                    // What the folder event was about still applies.
+                    self.rescan().await;
+                }
+                return false;
+            }
         };
         if new.server.listen != self.config.server.listen
             || new.server.workers != self.config.server.workers
@@ -237,25 +369,50 @@ impl Controller {
                 self.config.server.workers
             );
         }
-        let old_settings = self.config.plugins.clone();
-        if let Err(e) = self.registry.reconfigure(&new.plugins) {
-            return refuse(e.to_string());
+        if new.plugins.dir != self.config.plugins.dir {
+            tracing::warn!(
+                "plugins.dir changes only with a restart; keeping {:?}",
+                self.config.plugins.dir
+            );
+            new.plugins.dir = self.config.plugins.dir.clone();
         }
-        let current = self.shared.state.load_full();
-        match self.registry.build_state(&new, &metrics, Some(&current)) {
-            Ok(state) => {
-                self.shared.state.store(Arc::new(state));
+        // Every folder file refused so far is tried again, with this
+        // configuration.
+        let found = self.look(&new.plugins, true).await;
+        let changes = self.diff(found, true);
+        let previous = self.registry.swap_settings(new.plugins.clone(), loaded);
+        let outcome = match self.try_apply(Some(&new), &changes) {
+            Ok(()) => Ok(true),
+            Err(reason) if changes.is_empty() => Err(reason),
+            Err(with_folder) => match self.try_apply(Some(&new), &[]) {
+                Ok(()) => Ok(false),
+                Err(reason) if reason == with_folder => Err(reason),
+                Err(reason) => Err(format!(
+                    "{reason} (with the plugin folder's new and refused files: {with_folder})"
+                )),
+            },
+        };
+        match outcome {
+            Ok(folder_taken) => {
                 // Listening settings stay until a restart; the others apply.
-                let mut new = new;
                 new.server.listen = self.config.server.listen;
                 new.server.workers = self.config.server.workers;
                 self.config = new;
                 Metrics::inc(&metrics.config_reloads);
                 tracing::info!(file = %path.display(), "configuration reloaded");
+                match folder_taken {
+                    true => changes.iter().for_each(|c| self.accepted(c, started)),
+                    false => self.apply_changes(changes, started),
+                }
+                true
             }
-            Err(e) => {
-                let _ = self.registry.reconfigure(&old_settings);
-                refuse(e.to_string());
+            Err(reason) => {
+                self.registry.swap_settings(previous.0, previous.1);
+                refuse(&reason);
+                // What changed in the folder meanwhile still applies, read
+                // and checked under the running configuration.
+                self.rescan().await;
+                false
             }
         }
     }
@@ -311,7 +468,12 @@ pub(crate) fn watch(
             let is_config = config_for_events
                 .as_deref()
                 .is_some_and(|c| same_file(c, &path));
-            if (in_folder && is_plugin_file(&path)) || is_config {
+            // Any name, hidden ones too: a ConfigMap volume changes through
+            // `..data`, and a look at the folder costs little.
+            if in_folder {
+                let _ = tx.send(Command::FolderChanged);
+            }
+            if is_config {
                 let _ = tx.send(Command::Changed(path.clone()));
             }
             // Only the certificate and key files themselves, or the hidden

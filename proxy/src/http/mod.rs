@@ -264,10 +264,22 @@ async fn handle_in(
         uri: parts.uri.clone(),
         response_headers: Vec::new(),
         fell_back: false,
+        rejected: false,
     };
     let candidates =
         pool.balancer
             .select(&parts.method, host, &normalized, client.ip(), &mut scope);
+    if scope.rejected {
+        Metrics::inc(&ctx.metrics.plugin_rejections);
+        Metrics::inc(&ctx.metrics.service_unavailable);
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "veer: the strategy plugin of pool {} failed, and the pool has on_plugin_failure = \"reject\"\n",
+                pool.config.name
+            ),
+        );
+    }
     parts.headers = scope.headers;
     let plugin_headers = scope.response_headers;
     let fell_back = scope.fell_back;

@@ -530,14 +530,20 @@ mod tests {
         let mut out = Vec::new();
         json_string(&mut out, "example.com/a?b=1");
         json_string(&mut out, "say \"hi\"\\\n");
-        assert_eq!(String::from_utf8_lossy(&out), r#""example.com/a?b=1""say \"hi\"\\\n""#);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#""example.com/a?b=1""say \"hi\"\\\n""#
+        );
     }
 
     #[test]
     fn text_fields_cannot_forge_a_field_and_hosts_lose_their_port() {
         let mut out = Vec::new();
         text_field(&mut out, "a\" 200 backend=x\n");
-        assert_eq!(String::from_utf8_lossy(&out), "a\\x22\\x20200\\x20backend=x\\x0a");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "a\\x22\\x20200\\x20backend=x\\x0a"
+        );
         out.clear();
         text_field(&mut out, "/caf\u{e9}/\u{85}\u{7f}");
         assert_eq!(String::from_utf8_lossy(&out), "/caf\u{e9}/\\x85\\x7f");

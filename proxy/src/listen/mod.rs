@@ -70,7 +70,10 @@ impl Server {
     /// until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
         let metrics = Arc::new(Metrics::default());
-        let runtime = plugin::Runtime::new(config.plugins.cache_dir.clone())?;
+        let runtime = plugin::Runtime::with_cache(
+            config.plugins.cache_dir.clone(),
+            config.plugins.cache_max_bytes,
+        )?;
         let mut registry = Registry::new(runtime, &config.plugins)?;
         let state = registry.build_state(&config, &metrics, None)?;
         let listen = config.server.listen;

@@ -145,6 +145,15 @@ metrics! {
     /// Plugin calls stopped past their deadline while the worker thread was
     /// descheduled: not held against the plugin.
     plugin_descheduled_calls,
+    /// New plugin versions rolled back to the last good one (failing
+    /// repeatedly soon after their swap).
+    plugin_rollbacks,
+    /// Requests ordered by the last good plugin version (policy `last-good`,
+    /// or after a rollback).
+    last_good_selections,
+    /// Requests answered 503 because the plugin failed and the pool's
+    /// policy is `reject`.
+    plugin_rejections,
     /// Requests whose backend order came from the host's round robin instead
     /// of the plugin (after a failure, or while the plugin is backing off).
     fallback_selections,

@@ -20,12 +20,13 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thread_local::ThreadLocal;
 
+use crate::config::PluginFailure;
 use crate::error::PluginError;
 use crate::metrics::Metrics;
 use crate::metrics::traffic::{PluginEvent, PluginTraffic};
@@ -35,6 +36,11 @@ use crate::stats::BackendStats;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A new plugin version that fails this often (over all workers) ...
+pub const ROLLBACK_AFTER: u64 = 5;
+/// ... this soon after it was swapped in is rolled back to the last good
+/// version, when there is one.
+pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(60);
 
 /// One pool's strategy: the plugin, its config, the backend set it was given,
 /// and each worker's instance.
@@ -52,7 +58,22 @@ pub struct Balancer {
     rested_until: ThreadLocal<AtomicU64>,
     /// The host's lines about this pool's plugin.
     host_log: LogBudget,
+    /// What a failed call's request gets.
+    on_failure: PluginFailure,
+    /// The plugin version this pool ran before, if it served well.
+    last_good: Option<LastGood>,
+    /// Calls that failed outright, over all workers, since the balancer
+    /// was made.
+    failures: AtomicU64,
+    made: Instant,
+    /// Set once this version was rolled back: the last good one serves.
+    rolled_back: AtomicBool,
 }
+
+/// A plugin version kept in memory to fall back on: what builds its
+/// instances (with the backend set it had, which is the pool's too).
+#[derive(Clone)]
+pub struct LastGood(Arc<Recipe>);
 
 /// What it takes to build an instance, and the instances built and not yet
 /// taken by a worker. Shared with the threads that build them.
@@ -142,6 +163,8 @@ struct Slot {
     backoff_until: Option<Instant>,
     /// The host round robin's turn (used only on fallback).
     fallback_next: usize,
+    /// This worker's instance of the last good version, once needed.
+    last_good: Option<Instance>,
 }
 
 /// Settings a [`Balancer`] needs besides the plugin.
@@ -162,6 +185,10 @@ pub struct BalancerSettings<'a> {
     pub seed: u64,
     /// Instances to build up front: one per worker thread.
     pub instances: usize,
+    /// See [`PluginFailure`].
+    pub on_failure: PluginFailure,
+    /// The version to fall back on (see [`Balancer::last_good`]).
+    pub last_good: Option<LastGood>,
 }
 
 impl Balancer {
@@ -190,8 +217,27 @@ impl Balancer {
             ready: Mutex::new(Vec::new()),
             building: AtomicUsize::new(0),
         });
+        // With `last-good`, the version to fall back on is ready too: no
+        // request of a failing new version waits or leaks to round robin.
+        let last_good = settings
+            .last_good
+            .as_ref()
+            .filter(|_| settings.on_failure == PluginFailure::LastGood)
+            .map(|LastGood(recipe)| recipe);
+        let instances = settings.instances.max(1);
         let built: Vec<Result<Instance, PluginError>> = std::thread::scope(|scope| {
-            let builders: Vec<_> = (0..settings.instances.max(1))
+            if let Some(good) = last_good {
+                for _ in 0..instances {
+                    scope.spawn(|| {
+                        if let Ok(instance) = good.build()
+                            && let Ok(mut ready) = good.ready.lock()
+                        {
+                            ready.push(instance);
+                        }
+                    });
+                }
+            }
+            let builders: Vec<_> = (0..instances)
                 .map(|_| scope.spawn(|| recipe.build()))
                 .collect();
             builders
@@ -223,12 +269,36 @@ impl Balancer {
             traffic: PluginTraffic::default(),
             rested_until: ThreadLocal::new(),
             host_log: LogBudget::new(HOST_LINES_PER_SECOND),
+            on_failure: settings.on_failure,
+            last_good: settings.last_good,
+            failures: AtomicU64::new(0),
+            made: Instant::now(),
+            rolled_back: AtomicBool::new(false),
         })
     }
 
-    /// The plugin serving this pool.
+    /// The plugin serving this pool (the last good one after a rollback).
     pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.recipe.plugin
+        match &self.last_good {
+            Some(LastGood(recipe)) if self.rolled_back.load(Ordering::Relaxed) => &recipe.plugin,
+            _ => &self.recipe.plugin,
+        }
+    }
+
+    /// What a successor (a new plugin version for the same pool settings)
+    /// may fall back on: this version if it never failed, else what this one
+    /// had.
+    pub fn last_good(&self) -> Option<LastGood> {
+        if self.failures.load(Ordering::Relaxed) == 0 && !self.rolled_back.load(Ordering::Relaxed) {
+            Some(LastGood(self.recipe.clone()))
+        } else {
+            self.last_good.clone()
+        }
+    }
+
+    /// Whether this version was rolled back to the last good one.
+    pub fn rolled_back(&self) -> bool {
+        self.rolled_back.load(Ordering::Relaxed)
     }
 
     /// On how many workers the plugin is rested now.
@@ -258,10 +328,18 @@ impl Balancer {
         let cell = self.slots.get_or(|| RefCell::new(Slot::default()));
         // Not re-entrant: a plugin call never calls back into the balancer.
         let mut slot = cell.borrow_mut();
+        let request = Call {
+            method,
+            host,
+            path,
+            client,
+        };
+        if self.rolled_back.load(Ordering::Relaxed) {
+            return self.by_last_good(&mut slot, &request, scope);
+        }
         if let Some(until) = slot.backoff_until {
             if Instant::now() < until {
-                scope.fell_back = true;
-                return self.fallback(&mut slot);
+                return self.instead(&mut slot, &request, scope);
             }
             slot.backoff_until = None;
         }
@@ -269,10 +347,9 @@ impl Balancer {
             match self.recipe.take() {
                 Some(instance) => slot.instance = Some(instance),
                 None => {
-                    // Being built aside: the round robin serves meanwhile.
+                    // Being built aside: the failure policy serves meanwhile.
                     self.recipe.build_aside();
-                    scope.fell_back = true;
-                    return self.fallback(&mut slot);
+                    return self.instead(&mut slot, &request, scope);
                 }
             }
         }
@@ -297,7 +374,11 @@ impl Balancer {
                         "select made more than {} host calls",
                         crate::plugin::MAX_HOST_CALLS
                     ))
-                } else if took > self.limits.slow_call {
+                } else if took > self.limits.slow_call
+                    && instance.fuel_used()
+                        >= self.limits.slow_call.as_micros() as u64
+                            * crate::plugin::SLOW_FUEL_PER_US
+                {
                     Metrics::inc(&self.metrics.plugin_slow_calls);
                     Some(format!(
                         "select took {} µs, over plugins.slow_call_us ({} µs)",
@@ -308,6 +389,7 @@ impl Balancer {
                     None
                 };
                 if ids.is_empty() {
+                    self.broke();
                     Metrics::inc(&self.metrics.plugin_bad_answers);
                     self.traffic.event(PluginEvent::BadAnswer);
                     if let Some(dropped) = self.host_log.allow() {
@@ -316,8 +398,7 @@ impl Balancer {
                     if let Some(strike) = strike {
                         self.failed(&mut slot, &strike, true);
                     }
-                    scope.fell_back = true;
-                    return self.fallback(&mut slot);
+                    return self.instead(&mut slot, &request, scope);
                 }
                 match strike {
                     Some(strike) => self.failed(&mut slot, &strike, false),
@@ -330,8 +411,7 @@ impl Balancer {
                 slot.instance = None;
                 Metrics::inc(&self.metrics.plugin_descheduled_calls);
                 self.recipe.build_aside();
-                scope.fell_back = true;
-                self.fallback(&mut slot)
+                self.instead(&mut slot, &request, scope)
             }
             Err(e) => {
                 slot.instance = None;
@@ -341,11 +421,94 @@ impl Balancer {
                 };
                 Metrics::inc(counter);
                 self.traffic.event(event);
+                self.broke();
                 self.failed(&mut slot, &format!("select {e}"), true);
                 self.recipe.build_aside();
-                scope.fell_back = true;
-                self.fallback(&mut slot)
+                self.instead(&mut slot, &request, scope)
             }
+        }
+    }
+
+    /// The order for a request the plugin did not answer, by the pool's
+    /// failure policy.
+    fn instead(&self, slot: &mut Slot, request: &Call<'_>, scope: &mut RequestScope) -> Vec<u32> {
+        match self.on_failure {
+            PluginFailure::Fallback => {
+                scope.fell_back = true;
+                self.fallback(slot)
+            }
+            PluginFailure::LastGood => self.by_last_good(slot, request, scope),
+            PluginFailure::Reject => {
+                scope.rejected = true;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The order the last good version gives (the round robin's when there
+    /// is none, or it cannot answer).
+    fn by_last_good(
+        &self,
+        slot: &mut Slot,
+        request: &Call<'_>,
+        scope: &mut RequestScope,
+    ) -> Vec<u32> {
+        scope.fell_back = true;
+        let Some(LastGood(recipe)) = &self.last_good else {
+            return self.fallback(slot);
+        };
+        if slot.last_good.is_none() {
+            slot.last_good = recipe.take();
+            if slot.last_good.is_none() {
+                recipe.build_aside();
+                return self.fallback(slot);
+            }
+        }
+        let instance = slot.last_good.as_mut().expect("set just above");
+        let answer = instance.select(
+            request.method,
+            request.host,
+            request.path,
+            request.client,
+            scope,
+        );
+        match answer {
+            Ok(mut ids) => {
+                let n = self.stats.len();
+                ids.truncate(n);
+                keep_valid(&mut ids, n);
+                if ids.is_empty() {
+                    return self.fallback(slot);
+                }
+                Metrics::inc(&self.metrics.last_good_selections);
+                ids
+            }
+            Err(_) => {
+                slot.last_good = None;
+                recipe.build_aside();
+                self.fallback(slot)
+            }
+        }
+    }
+
+    /// Counts a call that failed outright (trap, missed deadline, no usable
+    /// answer) toward the automatic rollback: slow calls make a version
+    /// rested, not bad.
+    fn broke(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(LastGood(good)) = &self.last_good
+            && failures >= ROLLBACK_AFTER
+            && self.made.elapsed() < ROLLBACK_WINDOW
+            && !self.rolled_back.swap(true, Ordering::Relaxed)
+        {
+            Metrics::inc(&self.metrics.plugin_rollbacks);
+            tracing::warn!(
+                pool = %self.pool,
+                failed = %format_args!("{}@{}", self.recipe.plugin.name(), self.recipe.plugin.version()),
+                serving = %format_args!("{}@{}", good.plugin.name(), good.plugin.version()),
+                "plugin rolled back: the new version failed {failures} times within {}s of its swap; the last good version serves this pool until the next swap or reload",
+                ROLLBACK_WINDOW.as_secs()
+            );
         }
     }
 
@@ -390,6 +553,14 @@ impl Balancer {
         slot.fallback_next = slot.fallback_next.wrapping_add(1);
         (0..n).map(|i| (start + i) % n).collect()
     }
+}
+
+/// The request a `select` is about.
+struct Call<'a> {
+    method: &'a http::Method,
+    host: &'a str,
+    path: &'a str,
+    client: IpAddr,
 }
 
 /// Drops ids `>= n` and repeats, keeping the order.

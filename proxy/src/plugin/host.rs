@@ -42,9 +42,12 @@ pub struct RequestScope {
     pub uri: Uri,
     /// Headers the plugin asked to add to the response.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Set when the order came from the host's round robin, not the plugin
-    /// (it failed, or is rested).
+    /// Set when the order came from the host's round robin or the last good
+    /// version, not the plugin (it failed, or is rested).
     pub fell_back: bool,
+    /// Set when the plugin failed and the pool's policy is `reject`: the
+    /// order is empty and the request gets a 503.
+    pub rejected: bool,
 }
 
 /// The data of each instance's `Store`: what the `host` imports read.

@@ -106,7 +106,10 @@ mod tests {
         let long = "é".repeat(MAX_MESSAGE_BYTES);
         let cut = cut(&long);
         assert!(cut.len() < MAX_MESSAGE_BYTES + 40, "{}", cut.len());
-        assert!(cut.ends_with(&format!("({} more bytes cut)", long.len() - MAX_MESSAGE_BYTES)));
+        assert!(cut.ends_with(&format!(
+            "({} more bytes cut)",
+            long.len() - MAX_MESSAGE_BYTES
+        )));
         assert_eq!(super::cut("short"), "short");
     }
 }

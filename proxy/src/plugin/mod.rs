@@ -67,6 +67,13 @@ pub const MAX_TABLE_ELEMENTS: usize = 10_000;
 /// `cargo build --target wasm32-wasip2` makes a handful).
 pub const MAX_INSTANCES: usize = 16;
 
+/// Fuel given to each call: far more than any deadline lets a call burn.
+const CALL_FUEL: u64 = u64::MAX / 2;
+/// A call over `plugins.slow_call_us` is held against the plugin only if it
+/// also burnt at least this much fuel per µs of that budget: a plugin doing
+/// little is not blamed for a host that was descheduled or slow.
+pub const SLOW_FUEL_PER_US: u64 = 100;
+
 /// A deadline in whole epoch ticks.
 fn ticks(timeout: Duration) -> u64 {
     // +1: the current tick may be about to end.
@@ -85,12 +92,28 @@ pub struct Runtime {
 impl Runtime {
     /// Creates the engine (one configuration for all plugins: compiled code is
     /// only valid for the settings it was compiled with) and starts the ticker.
-    /// `cache_dir` keeps compiled plugins across restarts.
+    /// `cache_dir` keeps compiled plugins across restarts, capped at the
+    /// default `plugins.cache_max_mib`.
     pub fn new(cache_dir: Option<std::path::PathBuf>) -> Result<Runtime, PluginError> {
+        let default_mib = crate::config::PluginsSection::default().cache_max_mib;
+        Runtime::with_cache(cache_dir, default_mib << 20)
+    }
+
+    /// As [`Runtime::new`], the cache capped at `cache_max_bytes` (see
+    /// `PluginSettings::cache_max_bytes`). A cache folder that may not be
+    /// trusted is not used (a warning says why): plugins are then compiled
+    /// in memory.
+    pub fn with_cache(
+        cache_dir: Option<std::path::PathBuf>,
+        cache_max_bytes: u64,
+    ) -> Result<Runtime, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // One linear memory per plugin: the memory cap is per memory.
         config.wasm_multi_memory(false);
+        // Fuel counts the Wasm a call executes (about one unit per
+        // instruction): how a slow call is told from a slow host.
+        config.consume_fuel(true);
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
 
         let mut linker = Linker::new(&engine);
@@ -102,16 +125,11 @@ impl Runtime {
 
         let ticker = Ticker::start(&engine).map_err(|e| PluginError::engine(e.into()))?;
 
-        let cache = cache_dir.map(|dir| {
+        let cache = cache_dir.and_then(|dir| {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut hasher);
-            Arc::new(Cache {
-                dir,
-                engine_key: hasher.finish(),
-                hits: Default::default(),
-                compiles: Default::default(),
-            })
+            Cache::open(dir, hasher.finish(), cache_max_bytes).map(Arc::new)
         });
         Ok(Runtime {
             engine,
@@ -421,9 +439,7 @@ pub(crate) struct Overtime {
 /// Windows a descheduled call may be given before it is stopped anyway.
 const MAX_DESCHEDULED_WINDOWS: u32 = 4;
 
-fn on_deadline(
-    state: &mut HostState,
-) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+fn on_deadline(state: &mut HostState) -> wasmtime::Result<wasmtime::UpdateDeadline> {
     let window = state.window_ticks;
     let now = (thread_cpu(), std::time::Instant::now());
     let Some(overtime) = state.overtime else {
@@ -495,6 +511,8 @@ impl Instance {
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut store| on_deadline(store.data_mut()));
+        // Instantiation runs start functions: they burn fuel too.
+        store.set_fuel(CALL_FUEL).map_err(PluginError::engine)?;
         store.set_epoch_deadline(ticks(limits.setup_timeout));
         let exports = match &plugin.pre {
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
@@ -515,12 +533,19 @@ impl Instance {
     /// Arms the deadline and resets the per-call counters for a call that
     /// may take `timeout`.
     fn start_call(&mut self, timeout: Duration) {
+        // Fuel does not stop a call (the deadline does): it is only read.
+        let _ = self.store.set_fuel(CALL_FUEL);
         let state = self.store.data_mut();
         state.calls = 0;
         state.overtime = None;
         // A window after the deadline is half the deadline again.
         state.window_ticks = ticks(timeout / 2);
         self.store.set_epoch_deadline(ticks(timeout));
+    }
+
+    /// Fuel (≈ Wasm instructions) the last call burnt.
+    pub fn fuel_used(&self) -> u64 {
+        CALL_FUEL.saturating_sub(self.store.get_fuel().unwrap_or(CALL_FUEL))
     }
 
     /// Whether the last call made more host calls than allowed.
