@@ -96,6 +96,54 @@ async fn measure_the_other_pool_on_a_slow_plugins_worker_keeps_80_percent_of_its
     assert!(kept >= 0.8, "kept only {:.0}%", kept * 100.0);
 }
 
+/// Requests to `path` answered per second by 4 clients over `window`
+/// (after a short warm-up); asserts none failed.
+async fn rate_of(proxy: &Proxy, path: &'static str, window: Duration) -> f64 {
+    let load = Load::start_on(proxy.addr, path, 4, window + Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    let rate = (after - before) as f64 / started.elapsed().as_secs_f64();
+    let (_, failed) = load.finish().await;
+    assert_eq!(failed, 0);
+    rate
+}
+
+/// A 10,000-id answer (for a pool of two) costs the plugin's own work of
+/// building it, but the host reads no further than the pool: throughput
+/// is not halved. Timing-sensitive: run alone, like the one above.
+#[tokio::test]
+#[ignore]
+async fn measure_a_ten_thousand_id_answer_does_not_halve_throughput() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let mut rates = Vec::new();
+    for round in 0..2 {
+        for mode in ["first", "long"] {
+            let proxy = Proxy::start(&two_pools(mode, &[&a, &b], "")).await;
+            let rate = rate_of(&proxy, "/slow/x", Duration::from_secs(2)).await;
+            println!("round {round}: a plugin answering {mode:>5}: {rate:.0} requests/s");
+            rates.push((mode, rate));
+            proxy.stop().await;
+        }
+    }
+    let mean = |mode: &str| {
+        let of: Vec<f64> = rates
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, r)| *r)
+            .collect();
+        of.iter().sum::<f64>() / of.len() as f64
+    };
+    let kept = mean("long") / mean("first");
+    println!(
+        "with 10,000-id answers the pool keeps {:.0}% of its throughput",
+        kept * 100.0
+    );
+    assert!(kept >= 0.5, "kept only {:.0}%", kept * 100.0);
+}
+
 #[tokio::test]
 async fn a_plugin_storming_host_calls_is_cut_off_counted_and_rested() {
     let [a, b] = start_backends(["a", "b"]).await;

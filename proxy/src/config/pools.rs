@@ -100,6 +100,10 @@ pub struct PoolSection {
     /// Default `"fallback"`.
     #[serde(default = "default_plugin_failure")]
     pub on_plugin_failure: String,
+    /// This pool's budget of one `select` call, µs, instead of
+    /// `plugins.slow_call_us` (see "Sandbox"). Default: that one.
+    #[serde(default)]
+    pub slow_call_us: Option<u64>,
     /// Active health checks. Default none.
     #[serde(default)]
     pub health: Option<HealthSection>,
@@ -334,6 +338,8 @@ pub struct PoolConfig {
     pub when_all_down: AllDown,
     /// See [`PoolSection::on_plugin_failure`].
     pub on_plugin_failure: PluginFailure,
+    /// See [`PoolSection::slow_call_us`].
+    pub slow_call: Option<Duration>,
     /// See [`PoolSection::health`].
     pub health: Option<HealthCheck>,
     /// See [`PoolSection::retry`].
@@ -494,6 +500,15 @@ pub(super) fn validate_pool(
             ));
         }
     };
+    let slow_call = match pool.slow_call_us {
+        None => None,
+        Some(us) => Some(Duration::from_micros(in_range(
+            &format!("{key}.slow_call_us"),
+            us,
+            1,
+            10_000_000,
+        )?)),
+    };
     let slow_start = match pool.slow_start_ms {
         0 => Duration::ZERO,
         ms => ms_of("slow_start_ms", ms, DAY_MS)?,
@@ -533,6 +548,7 @@ pub(super) fn validate_pool(
         protocol,
         max_streams_per_connection,
         slow_start,
+        slow_call,
         when_all_down,
         on_plugin_failure,
         health,
@@ -659,5 +675,9 @@ mod tests {
         assert_eq!(p.on_plugin_failure, PluginFailure::LastGood);
         let err = pool(&format!("{one}on_plugin_failure = \"retry\"")).unwrap_err();
         assert_eq!(err.key(), Some("pools.web.on_plugin_failure"));
+        let p = pool(&format!("{one}slow_call_us = 2000")).unwrap();
+        assert_eq!(p.slow_call, Some(Duration::from_millis(2)));
+        let err = pool(&format!("{one}slow_call_us = 0")).unwrap_err();
+        assert_eq!(err.key(), Some("pools.web.slow_call_us"));
     }
 }

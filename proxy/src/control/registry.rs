@@ -378,7 +378,10 @@ impl Registry {
                 config_json: &pool.strategy_config,
                 backends,
                 stats: stats.clone(),
-                limits: config.plugins.limits,
+                limits: crate::config::PluginLimits {
+                    slow_call: pool.slow_call.unwrap_or(config.plugins.limits.slow_call),
+                    ..config.plugins.limits
+                },
                 failures_before_backoff: config.plugins.failures_before_backoff,
                 seed: config.plugins.random_seed,
                 instances: config.server.workers,
