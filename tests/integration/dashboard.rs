@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: Debian's Chromium, headless, loads the
 //! admin page, lets its script poll the API, and dumps the DOM it built; the
 //! numbers on the page are the requests this test sent, and they move when
-//! more are sent. A screenshot lands in target/dashboard-screenshot.png.
+//! more are sent. A screenshot lands in target/tmp/dashboard-screenshot.png.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -236,9 +236,11 @@ async fn the_dashboard_shows_live_changing_numbers_in_headless_chromium() {
         "the numbers moved"
     );
 
+    // Cargo's scratch folder for integration tests: it exists wherever the
+    // target folder is (CARGO_TARGET_DIR included).
     let png = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/dashboard-screenshot.png"
+        env!("CARGO_TARGET_TMPDIR"),
+        "/dashboard-screenshot.png"
     ));
     let _ = std::fs::remove_file(&png);
     chromium(
