@@ -67,6 +67,20 @@ pub const MAX_TABLE_ELEMENTS: usize = 10_000;
 /// `cargo build --target wasm32-wasip2` makes a handful).
 pub const MAX_INSTANCES: usize = 16;
 
+/// What one plugin instance may allocate: `memory_bytes` of linear memory
+/// in one memory, [`MAX_TABLES`] tables of [`MAX_TABLE_ELEMENTS`], and
+/// [`MAX_INSTANCES`] core instances; growing past them traps.
+fn store_limits(memory_bytes: usize) -> wasmtime::StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory_bytes)
+        .memories(MAX_MEMORIES)
+        .tables(MAX_TABLES)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(MAX_INSTANCES)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
 /// Fuel given to each call: far more than any deadline lets a call burn.
 const CALL_FUEL: u64 = u64::MAX / 2;
 /// A call over `plugins.slow_call_us` is held against the plugin only if it
@@ -491,14 +505,7 @@ impl Instance {
         seed: u64,
     ) -> Result<Instance, PluginError> {
         let state = HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .memories(MAX_MEMORIES)
-                .tables(MAX_TABLES)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(MAX_INSTANCES)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: store_limits(limits.memory_bytes),
             request: None,
             stats,
             rng: seed,
@@ -606,5 +613,67 @@ impl Instance {
             *scope = lent;
         }
         result.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(module (table 1 funcref) (func (export "grow") (result i32)
+    /// (table.grow (ref.null func) (i32.const 20000))))`, by hand.
+    const GROWS_A_TABLE: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // header
+        0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // type: () -> i32
+        0x03, 0x02, 0x01, 0x00, // one function of that type
+        0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // a funcref table, 1 element
+        0x07, 0x08, 0x01, 0x04, b'g', b'r', b'o', b'w', 0x00, 0x00, // export "grow"
+        0x0a, 0x0d, 0x01, 0x0b, 0x00, // code: one body of 11 bytes, no locals
+        0xd0, 0x70, // ref.null func
+        0x41, 0xa0, 0x9c, 0x01, // i32.const 20000
+        0xfc, 0x0f, 0x00, // table.grow 0
+        0x0b, // end
+    ];
+
+    /// `(module (table 20000 funcref))`.
+    const BIG_TABLE: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //
+        0x04, 0x06, 0x01, 0x70, 0x00, 0xa0, 0x9c, 0x01,
+    ];
+
+    fn store(engine: &Engine) -> Store<wasmtime::StoreLimits> {
+        let mut store = Store::new(engine, store_limits(1 << 20));
+        store.limiter(|limits| limits);
+        store
+    }
+
+    #[test]
+    fn a_table_cannot_grow_past_its_element_cap() {
+        let engine = Engine::default();
+        let module = wasmtime::Module::new(&engine, GROWS_A_TABLE).unwrap();
+        let mut store = store(&engine);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let grow = instance
+            .get_typed_func::<(), i32>(&mut store, "grow")
+            .unwrap();
+        let err = grow.call(&mut store, ()).unwrap_err();
+        assert!(format!("{err:?}").contains("table"), "{err:?}");
+        // Without the limits it grows: the cap is what stopped it.
+        let mut unlimited = Store::new(&engine, ());
+        let instance = wasmtime::Instance::new(&mut unlimited, &module, &[]).unwrap();
+        let grow = instance
+            .get_typed_func::<(), i32>(&mut unlimited, "grow")
+            .unwrap();
+        assert_eq!(grow.call(&mut unlimited, ()).unwrap(), 1, "the old size");
+    }
+
+    #[test]
+    fn a_table_declared_past_the_cap_is_not_instantiated() {
+        let engine = Engine::default();
+        let module = wasmtime::Module::new(&engine, BIG_TABLE).unwrap();
+        let mut store = store(&engine);
+        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_err());
+        let mut unlimited = Store::new(&engine, ());
+        assert!(wasmtime::Instance::new(&mut unlimited, &module, &[]).is_ok());
     }
 }
