@@ -129,3 +129,35 @@ async fn with_reject_a_failing_plugin_answers_503_with_the_reason() {
         "nothing leaked to round robin: {m:?}"
     );
 }
+
+#[tokio::test]
+async fn with_reject_a_rolled_back_pool_still_never_leaks_to_round_robin() {
+    let dir = TempDir::new("reject-rollback");
+    let [a, b] = start_backends(["a", "b"]).await;
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let target = dir.join("plugins").join("swapped.wasm");
+    install(&target, "swap-a");
+    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b], "reject")).await;
+    let mut client = Client::h1(proxy.addr).await;
+    assert_eq!(client.get("/").await.backend(), "a");
+    install(&target, "swap-fail");
+    let mut rejected = 0;
+    for _ in 0..300 {
+        let answer = client.get("/").await;
+        match answer.status.as_u16() {
+            503 => rejected += 1,
+            200 => assert_eq!(answer.backend(), "a", "only swap-a's order, never b"),
+            other => panic!("unexpected status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let m = proxy.metrics.snapshot();
+    assert_eq!(m.plugin_rollbacks, 1, "{m:?}");
+    assert_eq!(m.fallback_selections, 0, "{m:?}");
+    assert!(rejected > 0, "the new version's failures were 503s");
+    // Rolled back: swap-a answers every request again.
+    for _ in 0..50 {
+        let answer = client.get("/").await;
+        assert_eq!((answer.status.as_u16(), answer.backend()), (200, "a"));
+    }
+}

@@ -336,8 +336,10 @@ impl Registry {
                     )
                 })?;
             let before = previous.and_then(|s| s.pools.iter().find(|p| p.config.name == pool.name));
-            if let Some(before) =
-                before.filter(|b| b.config == *pool && Arc::ptr_eq(b.balancer.plugin(), &plugin))
+            // The same settings and plugin: the pool stays as it is (a pool
+            // rolled back from this plugin stays rolled back).
+            if let Some(before) = before
+                .filter(|b| b.config == *pool && Arc::ptr_eq(b.balancer.own_plugin(), &plugin))
             {
                 pools.push(before.clone());
                 continue;

@@ -270,7 +270,6 @@ async fn handle_in(
         pool.balancer
             .select(&parts.method, host, &normalized, client.ip(), &mut scope);
     if scope.rejected {
-        Metrics::inc(&ctx.metrics.plugin_rejections);
         Metrics::inc(&ctx.metrics.service_unavailable);
         return message(
             StatusCode::SERVICE_UNAVAILABLE,

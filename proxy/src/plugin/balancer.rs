@@ -1,10 +1,11 @@
 //! Drives one pool's strategy plugin: one instance per worker thread (no lock
 //! shared by requests), validation of its answers, and the failure policy.
 //!
-//! Instances are built off the worker threads: one per worker when the
-//! balancer is made (in parallel, on the control side), handed over ready;
-//! after a failure, a new one is built on a thread of its own while the
-//! host's round robin serves. No request waits for an `init`.
+//! Instances are built off the worker threads: one per worker and a spare
+//! when the balancer is made (in parallel, on the control side), handed over
+//! ready; a worker whose instance failed takes the spare, and the next spare
+//! is built on a thread of its own (backing off while builds fail). No
+//! request waits for an `init`.
 //!
 //! Failure policy: a trap or missed deadline discards the worker's instance (a
 //! trapped component cannot be re-entered), is counted and logged with the
@@ -89,6 +90,13 @@ struct Recipe {
     ready: Mutex<Vec<Instance>>,
     /// Builds under way.
     building: AtomicUsize,
+    /// Builds aside that failed in a row, and the time (`now_ms`) before
+    /// which no other is started: a version whose `init` keeps failing
+    /// does not keep threads busy.
+    build_failures: AtomicU64,
+    next_build_ms: AtomicU64,
+    /// The host's lines about failed builds.
+    build_log: LogBudget,
 }
 
 /// Most instance builds under way at once for one pool.
@@ -122,14 +130,26 @@ impl Recipe {
         Ok(instance)
     }
 
-    /// An instance built earlier, if one is ready.
-    fn take(&self) -> Option<Instance> {
-        self.ready.lock().ok()?.pop()
+    /// An instance built earlier, if one is ready; taking the last one
+    /// starts building the next spare.
+    fn take(self: &Arc<Recipe>) -> Option<Instance> {
+        let (instance, left) = {
+            let mut ready = self.ready.lock().ok()?;
+            (ready.pop(), ready.len())
+        };
+        if instance.is_some() && left == 0 {
+            self.build_aside();
+        }
+        instance
     }
 
     /// Builds one more instance on a thread of its own (unless enough are
-    /// being built), for a worker that lost its own.
+    /// being built, or builds keep failing and are backing off), for a
+    /// worker that lost its own or to refill the spare.
     fn build_aside(self: &Arc<Recipe>) {
+        if crate::stats::now_ms() < self.next_build_ms.load(Ordering::Relaxed) {
+            return;
+        }
         if self.building.fetch_add(1, Ordering::AcqRel) >= MAX_BUILDING {
             self.building.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -138,18 +158,67 @@ impl Recipe {
         let spawned = std::thread::Builder::new()
             .name("veer-plugin-build".into())
             .spawn(move || {
-                // A failed build is the failure the worker already counted;
-                // the next request asks again (after any backoff).
-                if let Ok(instance) = recipe.build()
-                    && let Ok(mut ready) = recipe.ready.lock()
-                {
-                    ready.push(instance);
+                match recipe.build() {
+                    Ok(instance) => {
+                        recipe.build_failures.store(0, Ordering::Relaxed);
+                        if let Ok(mut ready) = recipe.ready.lock() {
+                            ready.push(instance);
+                        }
+                    }
+                    Err(e) => {
+                        let failures = recipe.build_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                        let wait = (BACKOFF_MIN * (1 << failures.min(10))).min(BACKOFF_MAX);
+                        recipe.next_build_ms.store(
+                            crate::stats::now_ms() + wait.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                        if let Some(dropped) = recipe.build_log.allow() {
+                            tracing::warn!(
+                                plugin = recipe.plugin.name(),
+                                dropped = (dropped > 0).then_some(dropped),
+                                "a new instance could not be built ({e}); next try in {} ms",
+                                wait.as_millis()
+                            );
+                        }
+                    }
                 }
                 recipe.building.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
             self.building.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Builds instances on the calling thread until `count` are ready (in
+    /// parallel); the first error is returned.
+    fn fill(&self, count: usize) -> Result<(), PluginError> {
+        let have = self.ready.lock().map_or(0, |r| r.len());
+        let built: Vec<Result<Instance, PluginError>> = std::thread::scope(|scope| {
+            let builders: Vec<_> = (have..count)
+                .map(|_| scope.spawn(|| self.build()))
+                .collect();
+            builders
+                .into_iter()
+                .map(|b| {
+                    b.join().unwrap_or_else(|_| {
+                        Err(PluginError::Trapped {
+                            plugin: self.plugin.name().to_string(),
+                            call: "init",
+                            reason: "building the instance panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut ready = self.ready.lock().map_err(|_| PluginError::Trapped {
+            plugin: self.plugin.name().to_string(),
+            call: "init",
+            reason: "a builder panicked".into(),
+        })?;
+        for instance in built {
+            ready.push(instance?);
+        }
+        Ok(())
     }
 }
 
@@ -216,48 +285,28 @@ impl Balancer {
             metrics: metrics.clone(),
             ready: Mutex::new(Vec::new()),
             building: AtomicUsize::new(0),
+            build_failures: AtomicU64::new(0),
+            next_build_ms: AtomicU64::new(0),
+            build_log: LogBudget::new(HOST_LINES_PER_SECOND),
         });
-        // With `last-good`, the version to fall back on is ready too: no
-        // request of a failing new version waits or leaks to round robin.
-        let last_good = settings
-            .last_good
-            .as_ref()
-            .filter(|_| settings.on_failure == PluginFailure::LastGood)
-            .map(|LastGood(recipe)| recipe);
-        let instances = settings.instances.max(1);
-        let built: Vec<Result<Instance, PluginError>> = std::thread::scope(|scope| {
-            if let Some(good) = last_good {
-                for _ in 0..instances {
-                    scope.spawn(|| {
-                        if let Ok(instance) = good.build()
-                            && let Ok(mut ready) = good.ready.lock()
-                        {
-                            ready.push(instance);
-                        }
-                    });
-                }
+        // One instance per worker and a spare (so a worker whose instance
+        // trapped takes a ready one at once), built in parallel. The version
+        // to fall back on is topped up to as many: a failing new version's
+        // requests (and a rollback) find it ready.
+        let instances = settings.instances.max(1) + 1;
+        std::thread::scope(|scope| {
+            if let Some(LastGood(good)) = &settings.last_good {
+                scope.spawn(|| {
+                    if let Err(e) = good.fill(instances) {
+                        tracing::warn!(
+                            plugin = good.plugin.name(),
+                            "the last good version could not be made ready: {e}"
+                        );
+                    }
+                });
             }
-            let builders: Vec<_> = (0..instances)
-                .map(|_| scope.spawn(|| recipe.build()))
-                .collect();
-            builders
-                .into_iter()
-                .map(|b| {
-                    b.join().unwrap_or_else(|_| {
-                        Err(PluginError::Trapped {
-                            plugin: recipe.plugin.name().to_string(),
-                            call: "init",
-                            reason: "building the instance panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
-        let mut ready = Vec::with_capacity(built.len());
-        for instance in built {
-            ready.push(instance?);
-        }
-        *recipe.ready.lock().expect("not shared yet") = ready;
+            recipe.fill(instances)
+        })?;
         Ok(Balancer {
             pool: settings.pool.to_string(),
             recipe,
@@ -296,6 +345,11 @@ impl Balancer {
         }
     }
 
+    /// The plugin this balancer was made for (rolled back or not).
+    pub fn own_plugin(&self) -> &Arc<Plugin> {
+        &self.recipe.plugin
+    }
+
     /// Whether this version was rolled back to the last good one.
     pub fn rolled_back(&self) -> bool {
         self.rolled_back.load(Ordering::Relaxed)
@@ -315,8 +369,10 @@ impl Balancer {
         &self.traffic
     }
 
-    /// Orders the pool's backends for one request, best first. Never empty:
-    /// when the plugin cannot answer, the host's round robin does.
+    /// Orders the pool's backends for one request, best first. When the
+    /// plugin cannot answer, the pool's failure policy does: the last good
+    /// version or the host's round robin (never empty), or nothing, with
+    /// `scope.rejected` set (policy `reject`: the request gets a 503).
     pub fn select(
         &self,
         method: &http::Method,
@@ -433,16 +489,21 @@ impl Balancer {
     /// failure policy.
     fn instead(&self, slot: &mut Slot, request: &Call<'_>, scope: &mut RequestScope) -> Vec<u32> {
         match self.on_failure {
-            PluginFailure::Fallback => {
-                scope.fell_back = true;
-                self.fallback(slot)
-            }
             PluginFailure::LastGood => self.by_last_good(slot, request, scope),
-            PluginFailure::Reject => {
-                scope.rejected = true;
-                Vec::new()
-            }
+            _ => self.without_plugin(slot, scope),
         }
+    }
+
+    /// The order when no plugin version answers: the round robin, or none
+    /// (a 503) when the pool's policy is `reject`.
+    fn without_plugin(&self, slot: &mut Slot, scope: &mut RequestScope) -> Vec<u32> {
+        if self.on_failure == PluginFailure::Reject {
+            Metrics::inc(&self.metrics.plugin_rejections);
+            scope.rejected = true;
+            return Vec::new();
+        }
+        scope.fell_back = true;
+        self.fallback(slot)
     }
 
     /// The order the last good version gives (the round robin's when there
@@ -453,15 +514,14 @@ impl Balancer {
         request: &Call<'_>,
         scope: &mut RequestScope,
     ) -> Vec<u32> {
-        scope.fell_back = true;
         let Some(LastGood(recipe)) = &self.last_good else {
-            return self.fallback(slot);
+            return self.without_plugin(slot, scope);
         };
         if slot.last_good.is_none() {
             slot.last_good = recipe.take();
             if slot.last_good.is_none() {
                 recipe.build_aside();
-                return self.fallback(slot);
+                return self.without_plugin(slot, scope);
             }
         }
         let instance = slot.last_good.as_mut().expect("set just above");
@@ -478,15 +538,16 @@ impl Balancer {
                 ids.truncate(n);
                 keep_valid(&mut ids, n);
                 if ids.is_empty() {
-                    return self.fallback(slot);
+                    return self.without_plugin(slot, scope);
                 }
+                scope.fell_back = true;
                 Metrics::inc(&self.metrics.last_good_selections);
                 ids
             }
             Err(_) => {
                 slot.last_good = None;
                 recipe.build_aside();
-                self.fallback(slot)
+                self.without_plugin(slot, scope)
             }
         }
     }

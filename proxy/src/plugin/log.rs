@@ -47,6 +47,11 @@ impl LogBudget {
 
     fn allow_at(&self, now_ms: u64) -> Option<u64> {
         let second = now_ms / 1000 + 1;
+        // Over budget in this second: no write to the shared window.
+        if self.window.load(Relaxed) == second && self.count.load(Relaxed) >= self.per_second {
+            self.dropped.fetch_add(1, Relaxed);
+            return None;
+        }
         if self.window.swap(second, Relaxed) != second {
             self.count.store(0, Relaxed);
         }
@@ -65,9 +70,24 @@ impl LogBudget {
     }
 }
 
-/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying
-/// how much was cut.
+/// `message` made safe for one log line: control characters (newlines
+/// included: a plugin must not forge a line of its own) written as escapes,
+/// and cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying how much
+/// was cut.
 pub fn cut(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.chars().any(char::is_control) {
+        let escaped: String = message
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        return std::borrow::Cow::Owned(cut(&escaped).into_owned());
+    }
     if message.len() <= MAX_MESSAGE_BYTES {
         return message.into();
     }
@@ -111,5 +131,9 @@ mod tests {
             long.len() - MAX_MESSAGE_BYTES
         )));
         assert_eq!(super::cut("short"), "short");
+        assert_eq!(
+            super::cut("one\nfake line\r\u{1b}[31m"),
+            "one\\nfake line\\r\\u{1b}[31m"
+        );
     }
 }

@@ -419,8 +419,8 @@ impl std::fmt::Display for Descheduled {
 
 impl std::error::Error for Descheduled {}
 
-/// The calling thread's CPU time.
-fn thread_cpu() -> Duration {
+/// The calling thread's CPU time (`None` if the clock cannot be read).
+fn thread_cpu() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -428,11 +428,7 @@ fn thread_cpu() -> Duration {
     // SAFETY: `clock_gettime` writes one `timespec` through a valid pointer.
     #[allow(unsafe_code)]
     let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    if ok {
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    } else {
-        Duration::ZERO
-    }
+    ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// When a call reaches its deadline: measured afresh for another window
@@ -455,7 +451,12 @@ const MAX_DESCHEDULED_WINDOWS: u32 = 4;
 
 fn on_deadline(state: &mut HostState) -> wasmtime::Result<wasmtime::UpdateDeadline> {
     let window = state.window_ticks;
-    let now = (thread_cpu(), std::time::Instant::now());
+    // Without the thread's clock, nothing says it was descheduled: the
+    // deadline stands.
+    let Some(cpu) = thread_cpu() else {
+        return Err(Trap::Interrupt.into());
+    };
+    let now = (cpu, std::time::Instant::now());
     let Some(overtime) = state.overtime else {
         state.overtime = Some(Overtime {
             cpu: now.0,
@@ -481,10 +482,11 @@ fn on_deadline(state: &mut HostState) -> wasmtime::Result<wasmtime::UpdateDeadli
 }
 
 fn describe_trap(err: &wasmtime::Error) -> String {
-    // The root cause is the trap code; the context holds the guest backtrace.
+    // The root cause is the trap code; the context holds the guest backtrace,
+    // whose function names are the plugin's own text: one escaped line, cut.
     match err.downcast_ref::<Trap>() {
         Some(trap) => format!("{trap}"),
-        None => format!("{err:#}"),
+        None => log::cut(&format!("{err:#}")).into_owned(),
     }
 }
 
@@ -493,6 +495,9 @@ pub struct Instance {
     store: Store<HostState>,
     exports: Exports,
     limits: Limits,
+    /// `select`'s deadline and overtime window, in epoch ticks (worked out
+    /// once: a 128-bit division per call is not free).
+    select_ticks: (u64, u64),
 }
 
 impl Instance {
@@ -534,20 +539,29 @@ impl Instance {
             store,
             exports,
             limits,
+            select_ticks: (
+                ticks(limits.select_timeout),
+                ticks(limits.select_timeout / 2),
+            ),
         })
     }
 
     /// Arms the deadline and resets the per-call counters for a call that
     /// may take `timeout`.
     fn start_call(&mut self, timeout: Duration) {
+        // A window after the deadline is half the deadline again.
+        self.start_call_ticks((ticks(timeout), ticks(timeout / 2)));
+    }
+
+    /// The same, with the deadline and window already in ticks.
+    fn start_call_ticks(&mut self, (deadline, window): (u64, u64)) {
         // Fuel does not stop a call (the deadline does): it is only read.
         let _ = self.store.set_fuel(CALL_FUEL);
         let state = self.store.data_mut();
         state.calls = 0;
         state.overtime = None;
-        // A window after the deadline is half the deadline again.
-        state.window_ticks = ticks(timeout / 2);
-        self.store.set_epoch_deadline(ticks(timeout));
+        state.window_ticks = window;
+        self.store.set_epoch_deadline(deadline);
     }
 
     /// Fuel (≈ Wasm instructions) the last call burnt.
@@ -597,7 +611,7 @@ impl Instance {
         client: std::net::IpAddr,
         scope: &mut RequestScope,
     ) -> Result<Vec<u32>, CallError> {
-        self.start_call(self.limits.select_timeout);
+        self.start_call_ticks(self.select_ticks);
         self.store.data_mut().request = Some(std::mem::take(scope));
         let result = match &self.exports {
             Exports::V0_1(b) => {
