@@ -3,8 +3,10 @@
 # workers and NPOOLS extra pools cycling through 8 built-in strategies
 # (one instance per worker and a spare each). Compare NPOOLS 0, 8, 16.
 # Needs a release build and curl.
-# usage: run.sh WORKERS NPOOLS  -> prints rss_kib vsz_kib
+# usage: bench/plugin-memory.sh WORKERS NPOOLS  -> prints: workers pools rss_kib vsz_kib
 set -eu
+BIN="$(cd "$(dirname "$0")/.." && pwd)/target/release/veer"
+cd "$(mktemp -d)"
 W=$1; N=$2; PORT=$((22000 + RANDOM % 1000))
 strategies=(round-robin weighted-round-robin least-connections random p2c peak-ewma ip-hash consistent-hash)
 {
@@ -15,7 +17,7 @@ echo "[pools.base]"; echo 'backends = ["127.0.0.1:9"]'
 for i in $(seq 0 $((N-1))); do s=${strategies[$((i % 8))]}; echo "[pools.p$i]"; echo "strategy = \"$s\""; echo 'backends = ["127.0.0.1:9", "127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:12"]'; done
 echo "[[routes]]"; echo 'pool = "base"'
 } > veer-$W-$N.toml
-"$(dirname "$0")/../target/release/veer" run --config veer-$W-$N.toml 2>/dev/null &
+"$BIN" run --config veer-$W-$N.toml 2>/dev/null &
 pid=$!
 for i in $(seq 50); do curl -s -o /dev/null 127.0.0.1:$PORT/ && break; sleep 0.1; done
 sleep 0.5
