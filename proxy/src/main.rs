@@ -121,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(ids) if ids.is_empty() => {
                         "[] (no backend: the pool's failure policy would serve)".to_string()
                     }
+                    Ok(ids) if ids.len() > 16 => {
+                        format!("{:?}… ({} ids)", &ids[..16], ids.len())
+                    }
                     Ok(ids) => format!("{ids:?}"),
                     Err(e) => {
                         failed += 1;

@@ -160,6 +160,51 @@ async fn the_text_access_log_samples_and_a_zero_sample_writes_nothing() {
     assert!(lines.is_empty(), "{lines:#?}");
 }
 
+#[tokio::test]
+async fn after_an_automatic_rollback_the_access_log_names_the_version_that_serves() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let plugins = TempDir::new("rollback-log");
+    let target = plugins.join("swapped.wasm");
+    std::fs::copy(test_plugin("swap-a"), &target).unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n\
+         [plugins]\ndir = \"{}\"\ndebounce_ms = 20\ncache_dir = \"\"\n\
+         [access_log]\nenabled = true\nformat = \"json\"\noutput = \"{{log}}\"\n\
+         [pools.web]\nstrategy = \"swapped\"\nbackends = [{}]\n",
+        plugins.0.display(),
+        addresses(&[&a, &b])
+    );
+    let lines = access_log_of(&toml, async |addr| {
+        let mut client = Client::h1(addr).await;
+        assert_eq!(client.get("/").await.backend(), "a");
+        let aside = plugins.join(".incoming.tmp");
+        std::fs::copy(test_plugin("swap-fail"), &aside).unwrap();
+        std::fs::rename(&aside, &target).unwrap();
+        // Past the swap, the failures and the rollback.
+        for _ in 0..300 {
+            assert_eq!(client.get("/").await.status, 200);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let plugin_of = |line: &String| {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["plugin"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(plugin_of(&lines[0]), "swapped@a");
+    assert!(
+        lines.iter().any(|l| plugin_of(l) == "swapped@fail"),
+        "the new version served (and failed) for a while"
+    );
+    assert_eq!(
+        plugin_of(lines.last().unwrap()),
+        "swapped@a",
+        "rolled back: the last good version serves, and the log says so"
+    );
+}
+
 /// A proxy over a dead address and `a`, with extra route settings.
 async fn traced_proxy(a: &Backend, route_extra: &str) -> Proxy {
     let dead = {

@@ -179,11 +179,15 @@ async fn a_plugin_setting_a_huge_response_header_gets_an_error_and_the_request_i
     let [a, b] = start_backends(["a", "b"]).await;
     let proxy = Proxy::start(&two_pools("big-header", &[&a, &b], "")).await;
     let mut client = Client::h1(proxy.addr).await;
-    for _ in 0..5 {
+    for i in 0..5 {
         let answer = client.get("/slow/x").await;
         assert_eq!(answer.status, 200);
-        assert_eq!(answer.backend(), "a");
         assert!(answer.headers.get("x-big").is_none());
+        // Its answer is used; building a 1 MiB string may make it a slow
+        // call, so from the fourth request on it may be rested.
+        if i < 3 {
+            assert_eq!(answer.backend(), "a");
+        }
     }
 }
 

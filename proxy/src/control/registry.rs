@@ -410,7 +410,8 @@ impl Registry {
             let log = PoolLog::new(
                 &pool.name,
                 pool.backends.iter().map(|b| b.address.as_str()),
-                balancer.plugin(),
+                balancer.own_plugin(),
+                balancer.last_good_plugin().map(|p| &**p),
             );
             pools.push(Arc::new(Pool {
                 log,

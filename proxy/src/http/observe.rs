@@ -76,6 +76,8 @@ pub struct PoolLog {
     pub json: Box<str>,
     /// ` pool=… plugin=name@version`.
     pub text: Box<str>,
+    /// The same two naming the last good version, for after a rollback.
+    pub rolled_back: Option<(Box<str>, Box<str>)>,
 }
 
 /// One string, escaped for both formats.
@@ -102,18 +104,36 @@ impl Quoted {
 }
 
 impl PoolLog {
-    /// The pool's fixed fields, for pool `name` served by `plugin`.
+    /// The pool's fixed fields, for pool `name` served by `plugin` (or,
+    /// after a rollback, by `last_good`).
     pub fn new<'a>(
         name: &str,
         addresses: impl IntoIterator<Item = &'a str>,
         plugin: &crate::plugin::Plugin,
+        last_good: Option<&crate::plugin::Plugin>,
     ) -> PoolLog {
         let name = Quoted::new(name);
-        let plugin = Quoted::new(&format!("{}@{}", plugin.name(), plugin.version()));
+        let fields = |plugin: &crate::plugin::Plugin| {
+            let plugin = Quoted::new(&format!("{}@{}", plugin.name(), plugin.version()));
+            (
+                format!(",\"pool\":{},\"plugin\":{}", name.json, plugin.json).into(),
+                format!(" pool={} plugin={}", dash(&name.text), plugin.text).into(),
+            )
+        };
+        let (json, text) = fields(plugin);
         PoolLog {
             backends: addresses.into_iter().map(Quoted::new).collect(),
-            json: format!(",\"pool\":{},\"plugin\":{}", name.json, plugin.json).into(),
-            text: format!(" pool={} plugin={}", dash(&name.text), plugin.text).into(),
+            json,
+            text,
+            rolled_back: last_good.map(fields),
+        }
+    }
+
+    /// The JSON and text fields naming the version that serves now.
+    fn serving(&self, pool: &crate::state::Pool) -> (&str, &str) {
+        match &self.rolled_back {
+            Some((json, text)) if pool.balancer.rolled_back() => (json, text),
+            _ => (&self.json, &self.text),
         }
     }
 }
@@ -248,6 +268,7 @@ impl AccessRecord {
         // One capacity check for the whole line, not one per field.
         out.reserve(320 + host.len() + path.len());
         let log = self.pool.as_deref().map(|p| &p.log);
+        let serving = self.pool.as_deref().map(|p| p.log.serving(p));
         let backend = log
             .zip(self.outcome.backend)
             .and_then(|(log, id)| log.backends.get(id as usize));
@@ -286,7 +307,7 @@ impl AccessRecord {
                     Some(b) => put(out, &b.json),
                     None => put(out, "null"),
                 }
-                put(out, log.map_or(NO_POOL_JSON, |log| &log.json));
+                put(out, serving.map_or(NO_POOL_JSON, |(json, _)| json));
                 put(out, ",\"attempts\":");
                 count(out, self.outcome.attempts);
                 put(
@@ -327,7 +348,7 @@ impl AccessRecord {
                 }
                 put(out, " backend=");
                 put(out, backend.map_or("-", |b| &b.text));
-                put(out, log.map_or(NO_POOL_TEXT, |log| &log.text));
+                put(out, serving.map_or(NO_POOL_TEXT, |(_, text)| text));
                 put(out, " attempts=");
                 count(out, self.outcome.attempts);
                 if !complete {

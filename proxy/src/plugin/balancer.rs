@@ -350,6 +350,13 @@ impl Balancer {
         &self.recipe.plugin
     }
 
+    /// The version this pool falls back on, if any.
+    pub fn last_good_plugin(&self) -> Option<&Arc<Plugin>> {
+        self.last_good
+            .as_ref()
+            .map(|LastGood(recipe)| &recipe.plugin)
+    }
+
     /// Whether this version was rolled back to the last good one.
     pub fn rolled_back(&self) -> bool {
         self.rolled_back.load(Ordering::Relaxed)
