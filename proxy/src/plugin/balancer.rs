@@ -234,7 +234,15 @@ struct Slot {
     fallback_next: usize,
     /// This worker's instance of the last good version, once needed.
     last_good: Option<Instance>,
+    /// Calls still to be timed in thread CPU time: set when a call ran past
+    /// the slow-call budget without the fuel to show for it (bulk memory
+    /// instructions and host calls burn little fuel), so the next ones are
+    /// judged by what the thread really ran.
+    timed_calls: u32,
 }
+
+/// Calls timed in thread CPU time after a suspicious one.
+const TIMED_CALLS: u32 = 16;
 
 /// Settings a [`Balancer`] needs besides the plugin.
 pub struct BalancerSettings<'a> {
@@ -391,6 +399,8 @@ impl Balancer {
         let cell = self.slots.get_or(|| RefCell::new(Slot::default()));
         // Not re-entrant: a plugin call never calls back into the balancer.
         let mut slot = cell.borrow_mut();
+        // A plain `&mut Slot`, so its fields can be borrowed apart.
+        let slot = &mut *slot;
         let request = Call {
             method,
             host,
@@ -398,11 +408,11 @@ impl Balancer {
             client,
         };
         if self.rolled_back.load(Ordering::Relaxed) {
-            return self.by_last_good(&mut slot, &request, scope);
+            return self.by_last_good(slot, &request, scope);
         }
         if let Some(until) = slot.backoff_until {
             if Instant::now() < until {
-                return self.instead(&mut slot, &request, scope);
+                return self.instead(slot, &request, scope);
             }
             slot.backoff_until = None;
         }
@@ -412,15 +422,24 @@ impl Balancer {
                 None => {
                     // Being built aside: the failure policy serves meanwhile.
                     self.recipe.build_aside();
-                    return self.instead(&mut slot, &request, scope);
+                    return self.instead(slot, &request, scope);
                 }
             }
         }
+        // Two clock reads more, only while this worker times calls.
+        let cpu_before = (slot.timed_calls > 0)
+            .then(crate::plugin::thread_cpu)
+            .flatten();
         let instance = slot.instance.as_mut().expect("set just above");
         let started = Instant::now();
         let answer = instance.select(method, host, path, client, scope);
         let took = started.elapsed();
         self.traffic.selected(took);
+        let ran = cpu_before.and_then(|before| {
+            crate::plugin::thread_cpu().map(|after| after.saturating_sub(before))
+        });
+        let budget = self.limits.slow_call;
+        let by_cpu = judge(budget, &mut slot.timed_calls, took, ran);
         match answer {
             Ok(mut ids) => {
                 let n = self.stats.len();
@@ -437,11 +456,11 @@ impl Balancer {
                         "select made more than {} host calls",
                         crate::plugin::MAX_HOST_CALLS
                     ))
-                } else if took > self.limits.slow_call
-                    && instance.fuel_used()
-                        >= self.limits.slow_call.as_micros() as u64
-                            * crate::plugin::SLOW_FUEL_PER_US
-                {
+                } else if by_cpu.unwrap_or_else(|| {
+                    took > budget
+                        && instance.fuel_used()
+                            >= budget.as_micros() as u64 * crate::plugin::SLOW_FUEL_PER_US
+                }) {
                     Metrics::inc(&self.metrics.plugin_slow_calls);
                     Some(format!(
                         "select took {} µs, over plugins.slow_call_us ({} µs)",
@@ -459,12 +478,12 @@ impl Balancer {
                         tracing::warn!(plugin = self.plugin().name(), pool = %self.pool, dropped = (dropped > 0).then_some(dropped), "select answered no known backend; using round robin");
                     }
                     if let Some(strike) = strike {
-                        self.failed(&mut slot, &strike, true);
+                        self.failed(slot, &strike, true);
                     }
-                    return self.instead(&mut slot, &request, scope);
+                    return self.instead(slot, &request, scope);
                 }
                 match strike {
-                    Some(strike) => self.failed(&mut slot, &strike, false),
+                    Some(strike) => self.failed(slot, &strike, false),
                     None => slot.failures = 0,
                 }
                 ids
@@ -474,7 +493,7 @@ impl Balancer {
                 slot.instance = None;
                 Metrics::inc(&self.metrics.plugin_descheduled_calls);
                 self.recipe.build_aside();
-                self.instead(&mut slot, &request, scope)
+                self.instead(slot, &request, scope)
             }
             Err(e) => {
                 slot.instance = None;
@@ -485,9 +504,9 @@ impl Balancer {
                 Metrics::inc(counter);
                 self.traffic.event(event);
                 self.broke();
-                self.failed(&mut slot, &format!("select {e}"), true);
+                self.failed(slot, &format!("select {e}"), true);
                 self.recipe.build_aside();
-                self.instead(&mut slot, &request, scope)
+                self.instead(slot, &request, scope)
             }
         }
     }
@@ -623,6 +642,31 @@ impl Balancer {
     }
 }
 
+/// How a call that took `took` (wall) against `budget` is judged: `None`
+/// by the fuel it burnt (the caller's check), `Some(slow)` by what the
+/// thread ran (`ran`, when this worker was timing calls): a descheduled
+/// host is not the plugin's fault, bulk memory instructions and host calls
+/// (which burn little fuel) are. A call over the budget makes the worker
+/// time its next [`TIMED_CALLS`] calls.
+fn judge(
+    budget: Duration,
+    timed_calls: &mut u32,
+    took: Duration,
+    ran: Option<Duration>,
+) -> Option<bool> {
+    let over = took > budget;
+    let timed = *timed_calls > 0;
+    *timed_calls = if over {
+        TIMED_CALLS
+    } else {
+        timed_calls.saturating_sub(1)
+    };
+    match ran {
+        Some(ran) if timed => Some(over && ran > budget),
+        _ => None,
+    }
+}
+
 /// The request a `select` is about.
 struct Call<'a> {
     method: &'a http::Method,
@@ -656,6 +700,34 @@ fn keep_valid(ids: &mut Vec<u32>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::keep_valid;
+
+    #[test]
+    fn a_call_over_budget_is_judged_by_fuel_then_the_next_ones_by_thread_cpu_time() {
+        use super::{TIMED_CALLS, judge};
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let budget = Duration::from_micros(500);
+        let mut timed = 0;
+        // Under the budget, not timed: nothing to judge by CPU.
+        assert_eq!(judge(budget, &mut timed, ms(0), None), None);
+        assert_eq!(timed, 0);
+        // Over the budget, not timed yet: fuel decides; the next are timed.
+        assert_eq!(judge(budget, &mut timed, ms(3), None), None);
+        assert_eq!(timed, TIMED_CALLS);
+        // Timed and over: the thread ran it (bulk memory, host calls): slow.
+        assert_eq!(judge(budget, &mut timed, ms(3), Some(ms(3))), Some(true));
+        // Timed and over, but the thread hardly ran: descheduled, not slow.
+        assert_eq!(
+            judge(budget, &mut timed, ms(3), Some(Duration::from_micros(20))),
+            Some(false)
+        );
+        // Timed and under: fast; timing winds down call by call.
+        assert_eq!(
+            judge(budget, &mut timed, Duration::ZERO, Some(Duration::ZERO)),
+            Some(false)
+        );
+        assert_eq!(timed, TIMED_CALLS - 1);
+    }
 
     #[test]
     fn unknown_and_repeated_ids_are_dropped_in_order() {

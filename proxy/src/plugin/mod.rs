@@ -420,7 +420,7 @@ impl std::fmt::Display for Descheduled {
 impl std::error::Error for Descheduled {}
 
 /// The calling thread's CPU time (`None` if the clock cannot be read).
-fn thread_cpu() -> Option<Duration> {
+pub(crate) fn thread_cpu() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
