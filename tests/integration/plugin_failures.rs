@@ -88,7 +88,12 @@ async fn a_failing_plugin_is_backed_off_then_instantiated_again() {
         second.plugin_traps, 4,
         "tried again after the backoff: {second:?}"
     );
-    assert!(second.plugin_instantiations > first.plugin_instantiations);
+    // A trapped instance is never entered again: each trap ran on an
+    // instance of its own (built aside, ahead of need).
+    assert!(
+        second.plugin_instantiations >= second.plugin_traps,
+        "{second:?}"
+    );
 }
 
 #[tokio::test]
