@@ -7,17 +7,11 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn plugin_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(test_plugin(name)).unwrap()
-}
-
 /// Replaces `target` with `bytes`: in place (truncate and write), or written
 /// aside under a hidden name then renamed over it.
 fn install(target: &Path, bytes: &[u8], by_rename: bool) {
     if by_rename {
-        let aside = target.with_file_name(".incoming.tmp");
-        std::fs::write(&aside, bytes).unwrap();
-        std::fs::rename(&aside, target).unwrap();
+        install_by_rename(target, bytes);
     } else {
         std::fs::write(target, bytes).unwrap();
     }
@@ -49,14 +43,6 @@ async fn swap_setup(dir: &TempDir, initial: &str) -> (Backend, Backend, Proxy, s
     install(&target, &plugin_bytes(initial), false);
     let proxy = Proxy::start(&folder_config(dir, &[&a, &b])).await;
     (a, b, proxy, target)
-}
-
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
@@ -349,25 +335,6 @@ fn plugin_check_prints_name_version_world_and_the_init_result() {
     );
 }
 
-/// Resident and peak memory of process `pid`, in KiB (`VmRSS`, `VmHWM`).
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .trim()
-                    .strip_suffix(" kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// The `veer` binary, killed on drop.
 struct Child(std::process::Child);
 
@@ -438,10 +405,10 @@ async fn a_thousand_swaps_keep_resident_memory_within_16_mib_of_the_warm_level()
         install(&target, bytes, i % 2 == 1);
         until_served_by(addr, expect, Duration::from_secs(10)).await;
         if i == 99 {
-            warm = memory_kib(pid);
+            warm = memory_kib(pid).unwrap();
         }
     }
-    let (end, peak) = memory_kib(pid);
+    let (end, peak) = memory_kib(pid).unwrap();
     eprintln!(
         "soak: {SWAPS} swaps in {:?}; RSS after 100 swaps {} KiB, after {SWAPS} {} KiB (growth {} KiB, bound {BOUND_KIB} KiB), peak {} KiB",
         started.elapsed(),

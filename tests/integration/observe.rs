@@ -7,50 +7,16 @@ use http_body_util::BodyExt;
 
 use crate::support::*;
 
-/// Runs the real binary on `toml` (with `{listen}` filled in) until
-/// `requests` have been sent to it, then stops it with SIGTERM and returns
-/// the access log file's lines.
+/// Runs the real binary on `toml` (`{listen}` and `{log}` filled in) until
+/// `requests` have been sent to it and returns the access log file's lines.
 async fn access_log_of(
     toml: &str,
     requests: impl AsyncFnOnce(std::net::SocketAddr),
 ) -> Vec<String> {
     let dir = TempDir::new("access-log");
     let log = dir.join("access.log");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let config = dir.join("veer.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[admin]\nlisten = \"\"\n",
-            toml.replace("{listen}", &addr.to_string())
-                .replace("{log}", &log.display().to_string())
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "veer did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    requests(addr).await;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let exited = tokio::task::spawn_blocking(move || child.wait()).await;
-    assert!(exited.unwrap().unwrap().success());
+    let toml = toml.replace("{log}", &log.display().to_string());
+    run_binary(&dir, &toml, requests).await;
     std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
@@ -177,9 +143,7 @@ async fn after_an_automatic_rollback_the_access_log_names_the_version_that_serve
     let lines = access_log_of(&toml, async |addr| {
         let mut client = Client::h1(addr).await;
         assert_eq!(client.get("/").await.backend(), "a");
-        let aside = plugins.join(".incoming.tmp");
-        std::fs::copy(test_plugin("swap-fail"), &aside).unwrap();
-        std::fs::rename(&aside, &target).unwrap();
+        install_by_rename(&target, &plugin_bytes("swap-fail"));
         // Past the swap, the failures and the rollback.
         for _ in 0..300 {
             assert_eq!(client.get("/").await.status, 200);

@@ -13,25 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn plugin_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(test_plugin(name)).unwrap()
-}
-
-/// Writes `bytes` aside under a hidden name, then renames it over `target`.
-fn install(target: &Path, bytes: &[u8]) {
-    let aside = target.with_file_name(".incoming.tmp");
-    std::fs::write(&aside, bytes).unwrap();
-    std::fs::rename(&aside, target).unwrap();
-}
-
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Compiles the test plugins `names` into the cache in `dir`, so that a
 /// swap measures the folder handling, not the compiler.
 fn warm_cache(dir: &TempDir, names: &[&str]) {
@@ -127,7 +108,7 @@ async fn a_fifo_in_the_folder_blocks_neither_startup_nor_reloads_nor_swaps() {
     let rescuer = FifoRescuer::start();
     rescuer.add(plugins.join("x.wasm"));
     mkfifo(&plugins.join("x.wasm"));
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
     let path = dir.join("veer.toml");
     std::fs::write(&path, config_text(&dir, SWAPPED, &[&a, &b])).unwrap();
 
@@ -160,7 +141,7 @@ async fn a_fifo_in_the_folder_blocks_neither_startup_nor_reloads_nor_swaps() {
 
     // A plugin swap (swap-b prefers the second backend: a).
     let swapped = Instant::now();
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
     until_served_by(proxy.addr, "a", Duration::from_secs(10)).await;
     assert!(
         swapped.elapsed() < Duration::from_secs(1),
@@ -180,7 +161,7 @@ async fn a_file_written_nonstop_in_the_folder_does_not_hold_back_swaps() {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     warm_cache(&dir, &["swap-a", "swap-b"]);
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
     let proxy = Proxy::start(&config_text(&dir, SWAPPED, &[&a, &b])).await;
     until_served_by(proxy.addr, "a", Duration::from_secs(5)).await;
     let load = Load::start(proxy.addr, 4, Duration::from_secs(60));
@@ -198,7 +179,7 @@ async fn a_file_written_nonstop_in_the_folder_does_not_hold_back_swaps() {
             }
         }
     });
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
     let took = until_served_by(proxy.addr, "b", Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
@@ -301,23 +282,6 @@ impl Drop for VeerProcess {
     }
 }
 
-/// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`); `None`
-/// once it is gone.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Kills process `pid` if its resident memory passes `limit_kib` (checked
 /// every 2 ms), so a proxy reading `/dev/zero` fails the test instead of
 /// taking the machine's memory. Stops with the process or when dropped.
@@ -360,7 +324,7 @@ async fn a_symlink_to_dev_zero_and_a_huge_file_are_refused_without_being_read() 
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     warm_cache(&dir, &["swap-a", "swap-b"]);
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
     std::os::unix::fs::symlink("/dev/zero", plugins.join("z.wasm")).unwrap();
     let config = dir.join("veer.toml");
     std::fs::write(&config, config_text(&dir, SWAPPED, &[&a, &b])).unwrap();
@@ -392,9 +356,9 @@ async fn a_symlink_to_dev_zero_and_a_huge_file_are_refused_without_being_read() 
     .await;
 
     // Swaps still work.
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-b"));
     until_served_by(addr, "b", Duration::from_secs(10)).await;
-    install(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
+    install_by_rename(&plugins.join("swapped.wasm"), &plugin_bytes("swap-a"));
     until_served_by(addr, "a", Duration::from_secs(10)).await;
 
     let (ok, failed) = load.finish().await;
@@ -461,7 +425,7 @@ async fn schema_setup(dir: &TempDir) -> ([Backend; 2], Proxy, veer::Handle, Path
     let backends = start_backends(["a", "b"]).await;
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     warm_cache(dir, &["swap-a", "misbehave"]);
-    install(&dir.join("plugins").join("x.wasm"), &plugin_bytes("swap-a"));
+    install_by_rename(&dir.join("plugins").join("x.wasm"), &plugin_bytes("swap-a"));
     let path = dir.join("veer.toml");
     let [a, b] = &backends;
     std::fs::write(&path, config_text(dir, SWAPPED, &[a, b])).unwrap();
@@ -477,7 +441,7 @@ async fn a_plugin_needing_a_new_config_goes_live_when_the_file_lands_before_the_
     let load = Load::start(proxy.addr, 4, Duration::from_secs(60));
 
     // The file first: the configuration still names `swapped`; refused.
-    install(
+    install_by_rename(
         &dir.join("plugins").join("x.wasm"),
         &plugin_bytes("misbehave"),
     );
@@ -523,7 +487,7 @@ async fn a_plugin_needing_a_new_config_goes_live_when_the_config_lands_before_th
     assert_eq!(Client::h1(proxy.addr).await.get("/").await.backend(), "a");
 
     // The file: taken with the configuration that was waiting for it.
-    install(
+    install_by_rename(
         &dir.join("plugins").join("x.wasm"),
         &plugin_bytes("misbehave"),
     );

@@ -18,29 +18,27 @@ fn folder_config(dir: &TempDir, backends: &[&Backend], policy: &str) -> String {
     )
 }
 
-/// Puts test plugin `name` in place as `target`, written aside and renamed.
+/// Puts test plugin `name` in place as `target`.
 fn install(target: &std::path::Path, name: &str) {
-    let aside = target.with_file_name(".incoming.tmp");
-    std::fs::copy(test_plugin(name), &aside).unwrap();
-    std::fs::rename(&aside, target).unwrap();
+    install_by_rename(target, &plugin_bytes(name));
 }
 
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Backends `a` and `b`, and a proxy whose pool runs `swap-a` (backend a
+/// first) from a plugin folder in `dir`, with `policy`; returns the plugin
+/// file's path. (Backends first: they must outlive the proxy.)
+async fn swap_a_setup(dir: &TempDir, policy: &str) -> ([Backend; 2], Proxy, std::path::PathBuf) {
+    let [a, b] = start_backends(["a", "b"]).await;
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let target = dir.join("plugins").join("swapped.wasm");
+    install(&target, "swap-a");
+    let proxy = Proxy::start(&folder_config(dir, &[&a, &b], policy)).await;
+    ([a, b], proxy, target)
 }
 
 #[tokio::test]
 async fn a_new_version_that_keeps_failing_is_rolled_back_to_the_last_good_one() {
     let dir = TempDir::new("rollback");
-    let [a, b] = start_backends(["a", "b"]).await;
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let target = dir.join("plugins").join("swapped.wasm");
-    install(&target, "swap-a");
-    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b], "fallback")).await;
+    let (_backends, proxy, target) = swap_a_setup(&dir, "fallback").await;
     let load = Load::start(proxy.addr, 4, Duration::from_secs(20));
 
     install(&target, "swap-fail");
@@ -65,11 +63,7 @@ async fn a_new_version_that_keeps_failing_is_rolled_back_to_the_last_good_one() 
 #[tokio::test]
 async fn with_last_good_a_failing_new_version_never_leaks_to_round_robin() {
     let dir = TempDir::new("last-good");
-    let [a, b] = start_backends(["a", "b"]).await;
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let target = dir.join("plugins").join("swapped.wasm");
-    install(&target, "swap-a");
-    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b], "last-good")).await;
+    let (_backends, proxy, target) = swap_a_setup(&dir, "last-good").await;
     let served_by_b = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let watcher = {
         let (addr, served_by_b) = (proxy.addr, served_by_b.clone());
@@ -133,11 +127,7 @@ async fn with_reject_a_failing_plugin_answers_503_with_the_reason() {
 #[tokio::test]
 async fn with_reject_a_rolled_back_pool_still_never_leaks_to_round_robin() {
     let dir = TempDir::new("reject-rollback");
-    let [a, b] = start_backends(["a", "b"]).await;
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let target = dir.join("plugins").join("swapped.wasm");
-    install(&target, "swap-a");
-    let proxy = Proxy::start(&folder_config(&dir, &[&a, &b], "reject")).await;
+    let (_backends, proxy, target) = swap_a_setup(&dir, "reject").await;
     let mut client = Client::h1(proxy.addr).await;
     assert_eq!(client.get("/").await.backend(), "a");
     install(&target, "swap-fail");

@@ -9,9 +9,9 @@ use crate::support::*;
 
 /// Two pools on one worker: `/slow/…` goes to `misbehave` in `mode`, the
 /// rest to round robin over the same backends.
-fn two_pools(mode: &str, backends: &[&Backend], extra_plugins: &str) -> String {
+fn two_pools(mode: &str, backends: &[&Backend]) -> String {
     format!(
-        "{SERVER}[plugins]\nload = [\"{}\"]\nselect_timeout_ms = 100\n{extra_plugins}\n\
+        "{SERVER}[plugins]\nload = [\"{}\"]\nselect_timeout_ms = 100\n\
          [pools.slow]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"{mode}\" }}\nbackends = [{list}]\n\
          [pools.fast]\nbackends = [{list}]\n\
          [[routes]]\npath_prefix = \"/slow/\"\npool = \"slow\"\n\
@@ -21,32 +21,58 @@ fn two_pools(mode: &str, backends: &[&Backend], extra_plugins: &str) -> String {
     )
 }
 
-/// Requests the `fast` pool answers in `window`, measured after `settle`,
-/// while 4 clients load each pool; also asserts no request failed.
-async fn fast_pool_rate(proxy: &Proxy, settle: Duration, window: Duration) -> f64 {
+/// Requests per second answered to `paths[0]` over `window`, measured
+/// after `settle`, while 4 clients load each of `paths`; also asserts no
+/// request failed.
+async fn rate_of(proxy: &Proxy, paths: &[&'static str], settle: Duration, window: Duration) -> f64 {
     let limit = settle + window + Duration::from_secs(5);
-    let slow = Load::start_on(proxy.addr, "/slow/x", 4, limit);
-    let fast = Load::start_on(proxy.addr, "/", 4, limit);
+    let loads: Vec<Load> = paths
+        .iter()
+        .map(|path| Load::start_on(proxy.addr, path, 4, limit))
+        .collect();
     tokio::time::sleep(settle).await;
-    let before = fast.ok.load(std::sync::atomic::Ordering::Relaxed);
+    let before = loads[0].ok.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(window).await;
-    let after = fast.ok.load(std::sync::atomic::Ordering::Relaxed);
+    let after = loads[0].ok.load(std::sync::atomic::Ordering::Relaxed);
     let rate = (after - before) as f64 / started.elapsed().as_secs_f64();
-    let (slow_ok, slow_failed) = slow.finish().await;
-    let (fast_ok, fast_failed) = fast.finish().await;
-    assert_eq!(
-        (slow_failed, fast_failed),
-        (0, 0),
-        "no request fails ({slow_ok} + {fast_ok} answered)"
-    );
+    for (path, load) in paths.iter().zip(loads) {
+        let (ok, failed) = load.finish().await;
+        assert_eq!(failed, 0, "no request to {path} fails ({ok} answered)");
+    }
     rate
+}
+
+/// The fast pool's rate while both pools are loaded.
+async fn fast_pool_rate(proxy: &Proxy, settle: Duration, window: Duration) -> f64 {
+    rate_of(proxy, &["/", "/slow/x"], settle, window).await
+}
+
+/// The mean of `rate` on a proxy whose slow pool's plugin is in `modes[1]`,
+/// over its mean in `modes[0]`: alternating, two rounds each, so drift on a
+/// shared machine hits both alike.
+async fn kept_share(
+    backends: &[&Backend],
+    modes: [&str; 2],
+    rate: impl AsyncFn(&Proxy) -> f64,
+) -> f64 {
+    let mut sums = [0.0; 2];
+    for round in 0..2 {
+        for (i, mode) in modes.iter().enumerate() {
+            let proxy = Proxy::start(&two_pools(mode, backends)).await;
+            let measured = rate(&proxy).await;
+            println!("round {round}: plugin mode {mode:>5}: {measured:.0} requests/s");
+            sums[i] += measured;
+            proxy.stop().await;
+        }
+    }
+    sums[1] / sums[0]
 }
 
 #[tokio::test]
 async fn a_slow_but_legal_plugin_is_rested_and_every_request_is_answered() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let proxy = Proxy::start(&two_pools("slow", &[&a, &b], "")).await;
+    let proxy = Proxy::start(&two_pools("slow", &[&a, &b])).await;
     fast_pool_rate(
         &proxy,
         Duration::from_millis(500),
@@ -71,44 +97,12 @@ async fn a_slow_but_legal_plugin_is_rested_and_every_request_is_answered() {
 #[ignore]
 async fn measure_the_other_pool_on_a_slow_plugins_worker_keeps_80_percent_of_its_throughput() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let mut rates = Vec::new();
-    // Alternate, so drift on a shared machine hits both alike.
-    for round in 0..2 {
-        for mode in ["first", "slow"] {
-            let proxy = Proxy::start(&two_pools(mode, &[&a, &b], "")).await;
-            let rate =
-                fast_pool_rate(&proxy, Duration::from_millis(1500), Duration::from_secs(2)).await;
-            println!("round {round}: fast pool beside a {mode:>5} plugin: {rate:.0} requests/s");
-            rates.push((mode, rate));
-            proxy.stop().await;
-        }
-    }
-    let mean = |mode: &str| {
-        let of: Vec<f64> = rates
-            .iter()
-            .filter(|(m, _)| *m == mode)
-            .map(|(_, r)| *r)
-            .collect();
-        of.iter().sum::<f64>() / of.len() as f64
-    };
-    let kept = mean("slow") / mean("first");
+    let kept = kept_share(&[&a, &b], ["first", "slow"], async |proxy| {
+        fast_pool_rate(proxy, Duration::from_millis(1500), Duration::from_secs(2)).await
+    })
+    .await;
     println!("the fast pool keeps {:.0}% of its throughput", kept * 100.0);
     assert!(kept >= 0.8, "kept only {:.0}%", kept * 100.0);
-}
-
-/// Requests to `path` answered per second by 4 clients over `window`
-/// (after a short warm-up); asserts none failed.
-async fn rate_of(proxy: &Proxy, path: &'static str, window: Duration) -> f64 {
-    let load = Load::start_on(proxy.addr, path, 4, window + Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(window).await;
-    let after = load.ok.load(std::sync::atomic::Ordering::Relaxed);
-    let rate = (after - before) as f64 / started.elapsed().as_secs_f64();
-    let (_, failed) = load.finish().await;
-    assert_eq!(failed, 0);
-    rate
 }
 
 /// A 10,000-id answer (for a pool of two) costs the plugin's own work of
@@ -118,25 +112,16 @@ async fn rate_of(proxy: &Proxy, path: &'static str, window: Duration) -> f64 {
 #[ignore]
 async fn measure_a_ten_thousand_id_answer_does_not_halve_throughput() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let mut rates = Vec::new();
-    for round in 0..2 {
-        for mode in ["first", "long"] {
-            let proxy = Proxy::start(&two_pools(mode, &[&a, &b], "")).await;
-            let rate = rate_of(&proxy, "/slow/x", Duration::from_secs(2)).await;
-            println!("round {round}: a plugin answering {mode:>5}: {rate:.0} requests/s");
-            rates.push((mode, rate));
-            proxy.stop().await;
-        }
-    }
-    let mean = |mode: &str| {
-        let of: Vec<f64> = rates
-            .iter()
-            .filter(|(m, _)| *m == mode)
-            .map(|(_, r)| *r)
-            .collect();
-        of.iter().sum::<f64>() / of.len() as f64
-    };
-    let kept = mean("long") / mean("first");
+    let kept = kept_share(&[&a, &b], ["first", "long"], async |proxy| {
+        rate_of(
+            proxy,
+            &["/slow/x"],
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        )
+        .await
+    })
+    .await;
     println!(
         "with 10,000-id answers the pool keeps {:.0}% of its throughput",
         kept * 100.0
@@ -147,7 +132,7 @@ async fn measure_a_ten_thousand_id_answer_does_not_halve_throughput() {
 #[tokio::test]
 async fn a_plugin_storming_host_calls_is_cut_off_counted_and_rested() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let proxy = Proxy::start(&two_pools("storm", &[&a, &b], "")).await;
+    let proxy = Proxy::start(&two_pools("storm", &[&a, &b])).await;
     fast_pool_rate(
         &proxy,
         Duration::from_millis(300),
@@ -162,7 +147,7 @@ async fn a_plugin_storming_host_calls_is_cut_off_counted_and_rested() {
 #[tokio::test]
 async fn a_ten_thousand_id_answer_is_read_only_as_far_as_the_pool_goes() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let proxy = Proxy::start(&two_pools("long", &[&a, &b], "")).await;
+    let proxy = Proxy::start(&two_pools("long", &[&a, &b])).await;
     let mut client = Client::h1(proxy.addr).await;
     for _ in 0..20 {
         let answer = client.get("/slow/x").await;
@@ -177,7 +162,7 @@ async fn a_ten_thousand_id_answer_is_read_only_as_far_as_the_pool_goes() {
 #[tokio::test]
 async fn a_plugin_setting_a_huge_response_header_gets_an_error_and_the_request_is_served() {
     let [a, b] = start_backends(["a", "b"]).await;
-    let proxy = Proxy::start(&two_pools("big-header", &[&a, &b], "")).await;
+    let proxy = Proxy::start(&two_pools("big-header", &[&a, &b])).await;
     let mut client = Client::h1(proxy.addr).await;
     for i in 0..5 {
         let answer = client.get("/slow/x").await;
@@ -191,45 +176,11 @@ async fn a_plugin_setting_a_huge_response_header_gets_an_error_and_the_request_i
     }
 }
 
-/// Runs the binary on `toml` ({listen} filled in), sends `requests`, stops
-/// it and returns what it wrote on stderr.
+/// Runs the binary on `toml` until `requests` have been sent to it and
+/// returns what it wrote on stderr.
 async fn stderr_of(toml: &str, requests: impl AsyncFnOnce(std::net::SocketAddr)) -> String {
     let dir = TempDir::new("sandbox-log");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let config = dir.join("veer.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[admin]\nlisten = \"\"\n",
-            toml.replace("127.0.0.1:0", &addr.to_string())
-        ),
-    )
-    .unwrap();
-    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "veer did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    requests(addr).await;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let exited = tokio::task::spawn_blocking(move || child.wait()).await;
-    assert!(exited.unwrap().unwrap().success());
+    run_binary(&dir, toml, requests).await;
     std::fs::read_to_string(dir.join("stderr")).unwrap()
 }
 
@@ -237,7 +188,7 @@ async fn stderr_of(toml: &str, requests: impl AsyncFnOnce(std::net::SocketAddr))
 async fn one_plugins_log_spam_does_not_hide_another_plugins_failures() {
     let [a, b] = start_backends(["a", "b"]).await;
     let toml = format!(
-        "{SERVER}[plugins]\nload = [\"{}\"]\n\
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[plugins]\nload = [\"{}\"]\n\
          [pools.chatty]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"spam\" }}\nbackends = [{list}]\n\
          [pools.broken]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"trap\" }}\nbackends = [{list}]\n\
          [[routes]]\npath_prefix = \"/chatty/\"\npool = \"chatty\"\n\

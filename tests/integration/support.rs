@@ -817,3 +817,81 @@ pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// Runs the real `veer` binary on `toml`, written to `dir/veer.toml` with
+/// `{listen}` filled in (a free loopback port) and the admin listener off,
+/// its log going to `dir/stderr`; once it accepts connections, `requests`
+/// are sent, then it is stopped with SIGTERM and must exit cleanly.
+pub async fn run_binary(
+    dir: &TempDir,
+    toml: &str,
+    requests: impl AsyncFnOnce(std::net::SocketAddr),
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let config = dir.join("veer.toml");
+    let toml = toml.replace("{listen}", &addr.to_string());
+    std::fs::write(&config, format!("{toml}\n[admin]\nlisten = \"\"\n")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "veer did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    requests(addr).await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let exited = tokio::task::spawn_blocking(move || child.wait()).await;
+    assert!(exited.unwrap().unwrap().success());
+}
+
+/// The bytes of test plugin `name`.
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(test_plugin(name)).unwrap()
+}
+
+/// Puts `bytes` in place as `target`: written aside under a hidden name,
+/// then renamed over it (as deploy tools do).
+pub fn install_by_rename(target: &std::path::Path, bytes: &[u8]) {
+    let aside = target.with_file_name(".incoming.tmp");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, target).unwrap();
+}
+
+/// Polls `done` every 5 ms; fails the test if it is not true within `limit`.
+pub async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`);
+/// `None` once it is gone.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
