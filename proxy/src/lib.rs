@@ -250,9 +250,12 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
     })?;
     let limits = config::PluginsSection::default().limits();
     let plugin = runtime.load(&path.display().to_string(), &bytes, limits)?;
-    let stats: std::sync::Arc<[std::sync::Arc<stats::BackendStats>]> =
-        CHECK_BACKENDS.iter().map(|_| Default::default()).collect();
-    let mut instance = plugin::Instance::new(&plugin, stats, limits, 1)?;
+    // An instance with live stats for the synthetic backends.
+    let new_instance = || {
+        let stats = CHECK_BACKENDS.iter().map(|_| Default::default()).collect();
+        plugin::Instance::new(&plugin, stats, limits, 1)
+    };
+    let mut instance = new_instance()?;
     let trapped = |call, e: plugin::CallError| PluginError::Trapped {
         plugin: plugin.name().to_string(),
         call,
@@ -278,8 +281,7 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
             selects.push(probe_select(&mut instance, limits, method, path, headers));
             if selects.last().is_some_and(|p| p.answer.is_err()) {
                 // A failed call leaves the instance unusable: start afresh.
-                let stats = CHECK_BACKENDS.iter().map(|_| Default::default()).collect();
-                instance = plugin::Instance::new(&plugin, stats, limits, 1)?;
+                instance = new_instance()?;
                 let _ = instance.init(config_json);
                 let _ = instance.set_backends(&backends);
             }
@@ -328,9 +330,7 @@ fn probe_select(
     let fuel = instance.fuel_used();
     let strike = if instance.stormed() {
         Some(format!("more than {} host calls", plugin::MAX_HOST_CALLS))
-    } else if took > limits.slow_call
-        && fuel >= limits.slow_call.as_micros() as u64 * plugin::SLOW_FUEL_PER_US
-    {
+    } else if plugin::slow_by_fuel(limits.slow_call, took, fuel) {
         Some(format!(
             "slower than plugins.slow_call_us ({} µs)",
             limits.slow_call.as_micros()

@@ -323,12 +323,12 @@ pub(super) async fn forward(
         return response;
     }
     if attempts == 0 && at_capacity > 0 {
-        Metrics::inc(&ctx.metrics.service_unavailable);
-        return message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "veer: every backend of pool {} is at max_connections_per_backend ({})\n",
-                config.name, config.max_connections_per_backend
+        return nothing_to_try(
+            ctx,
+            &config.name,
+            &format!(
+                "at max_connections_per_backend ({})",
+                config.max_connections_per_backend
             ),
         );
     }
@@ -364,11 +364,16 @@ pub(super) async fn forward(
 /// 503 for a request no backend of `pool` was tried for: every one is
 /// `state`.
 fn nothing_to_try(ctx: &Shared, pool: &str, state: &str) -> Response<ProxyBody> {
-    Metrics::inc(&ctx.metrics.service_unavailable);
-    message(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
+        ctx,
         format!("veer: every backend of pool {pool} is {state}\n"),
     )
+}
+
+/// A 503 that Veer answers itself, saying `text`, and counted.
+pub(super) fn unavailable(ctx: &Shared, text: String) -> Response<ProxyBody> {
+    Metrics::inc(&ctx.metrics.service_unavailable);
+    message(StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
 /// Counts a failure against backend `id` (`probe`: the attempt was its

@@ -270,9 +270,8 @@ async fn handle_in(
         pool.balancer
             .select(&parts.method, host, &normalized, client.ip(), &mut scope);
     if scope.rejected {
-        Metrics::inc(&ctx.metrics.service_unavailable);
-        return message(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return attempt::unavailable(
+            ctx,
             format!(
                 "veer: the strategy plugin of pool {} failed, and the pool has on_plugin_failure = \"reject\"\n",
                 pool.config.name

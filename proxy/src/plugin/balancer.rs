@@ -457,9 +457,7 @@ impl Balancer {
                         crate::plugin::MAX_HOST_CALLS
                     ))
                 } else if by_cpu.unwrap_or_else(|| {
-                    took > budget
-                        && instance.fuel_used()
-                            >= budget.as_micros() as u64 * crate::plugin::SLOW_FUEL_PER_US
+                    crate::plugin::slow_by_fuel(budget, took, instance.fuel_used())
                 }) {
                     Metrics::inc(&self.metrics.plugin_slow_calls);
                     Some(format!(

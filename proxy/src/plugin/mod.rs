@@ -88,6 +88,12 @@ const CALL_FUEL: u64 = u64::MAX / 2;
 /// little is not blamed for a host that was descheduled or slow.
 pub const SLOW_FUEL_PER_US: u64 = 100;
 
+/// Whether a call that took `took` against `budget` was slow by its own
+/// doing, judged by the `fuel` it burnt (see [`SLOW_FUEL_PER_US`]).
+pub fn slow_by_fuel(budget: Duration, took: Duration, fuel: u64) -> bool {
+    took > budget && fuel >= budget.as_micros() as u64 * SLOW_FUEL_PER_US
+}
+
 /// A deadline in whole epoch ticks.
 fn ticks(timeout: Duration) -> u64 {
     // +1: the current tick may be about to end.
