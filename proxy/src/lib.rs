@@ -52,7 +52,7 @@
 //! Strategies only *order* candidates; the host owns health, counters,
 //! retries and timeouts.
 #![deny(unsafe_code)]
-// audited exceptions, each with its SAFETY comment: loading compiled plugins from the cache (plugin/cache), and the thread CPU clock (plugin/mod.rs)
+// audited exceptions, each with its SAFETY comment: loading compiled plugins from the cache (plugin/cache), the thread CPU clock (plugin/mod.rs), and reading `select`'s answer with a bound (plugin/bindings.rs)
 #![warn(missing_docs)]
 
 pub mod config;
@@ -76,6 +76,7 @@ pub use control::reload::Handle;
 pub use error::{ConfigError, Error, PluginError};
 pub use listen::Server;
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use plugin::{Answer, MAX_ANSWER};
 
 /// Serves `config` until `shutdown` completes, then drains in-flight requests.
 /// SIGHUP reloads the configuration file. For embedding and tests; the
@@ -204,8 +205,9 @@ pub const CHECK_BACKENDS: [(&str, u32, &str); 4] = [
 pub struct SelectProbe {
     /// The request, as `METHOD path` and its headers.
     pub request: String,
-    /// The ids it answered, or how the call failed (trap, deadline).
-    pub answer: Result<Vec<u32>, String>,
+    /// The ids it answered (as far as the host reads), or how the call
+    /// failed (trap, deadline).
+    pub answer: Result<Answer, String>,
     /// Wall time of the call.
     pub took: std::time::Duration,
     /// Fuel it burnt (≈ Wasm instructions).

@@ -118,13 +118,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut failed = 0;
             for probe in &report.selects {
                 let answer = match &probe.answer {
-                    Ok(ids) if ids.is_empty() => {
+                    Ok(a) if a.len == 0 => {
                         "[] (no backend: the pool's failure policy would serve)".to_string()
                     }
-                    Ok(ids) if ids.len() > 16 => {
-                        format!("{:?}… ({} ids)", &ids[..16], ids.len())
-                    }
-                    Ok(ids) => format!("{ids:?}"),
+                    Ok(a) if a.len > veer::MAX_ANSWER => format!(
+                        "{:?}… ({} ids; Veer reads the first {} only)",
+                        &a.ids[..16],
+                        a.len,
+                        veer::MAX_ANSWER
+                    ),
+                    Ok(a) if a.len > 16 => format!("{:?}… ({} ids)", &a.ids[..16], a.len),
+                    Ok(a) => format!("{:?}", a.ids),
                     Err(e) => {
                         failed += 1;
                         format!("FAILED: {e}")

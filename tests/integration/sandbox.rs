@@ -223,6 +223,33 @@ async fn one_plugins_log_spam_does_not_hide_another_plugins_failures() {
     );
 }
 
+/// A 3 MiB log message is over what one host call may carry: the call
+/// traps before the host copies it, and the request is still served.
+#[tokio::test]
+async fn a_host_call_carrying_megabytes_traps_and_the_request_is_served() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let toml = format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[plugins]\nload = [\"{}\"]\n\
+         [pools.loud]\nstrategy = \"misbehave\"\nstrategy_config = {{ mode = \"huge-log\" }}\nbackends = [{list}]\n\
+         [[routes]]\npool = \"loud\"\n",
+        test_plugin("misbehave"),
+        list = addresses(&[&a, &b]),
+    );
+    let log = stderr_of(&toml, async |addr| {
+        let mut client = Client::h1(addr).await;
+        for _ in 0..5 {
+            assert_eq!(client.get("/x").await.status, 200);
+        }
+    })
+    .await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("trapped") && l.contains("too much data")),
+        "the trap says why:\n{log}"
+    );
+    assert!(!log.contains("xxxxxxxx"), "the message was never logged");
+}
+
 #[test]
 fn a_component_with_two_memories_is_refused_by_plugin_check() {
     let dir = TempDir::new("two-memories");

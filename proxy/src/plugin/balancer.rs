@@ -32,7 +32,9 @@ use crate::error::PluginError;
 use crate::metrics::Metrics;
 use crate::metrics::traffic::{PluginEvent, PluginTraffic};
 use crate::plugin::log::{HOST_LINES_PER_SECOND, LogBudget};
-use crate::plugin::{BackendInfo, CallError, Instance, Limits, Plugin, RequestScope};
+use crate::plugin::{
+    Answer, BackendInfo, CallError, Instance, Limits, MAX_ANSWER, Plugin, RequestScope,
+};
 use crate::stats::BackendStats;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -441,14 +443,15 @@ impl Balancer {
         let budget = self.limits.slow_call;
         let by_cpu = judge(budget, &mut slot.timed_calls, took, ran);
         match answer {
-            Ok(mut ids) => {
+            Ok(Answer { mut ids, len }) => {
                 let n = self.stats.len();
-                if ids.len() > n {
+                if len > n.min(MAX_ANSWER) {
                     // More ids than backends cannot all be valid: only the
-                    // first n are looked at.
+                    // first n are looked at (and no more than MAX_ANSWER
+                    // were read).
                     Metrics::inc(&self.metrics.plugin_long_answers);
-                    ids.truncate(n);
                 }
+                ids.truncate(n);
                 keep_valid(&mut ids, n);
                 let strike = if instance.stormed() {
                     Metrics::inc(&self.metrics.plugin_host_call_storms);
@@ -557,7 +560,7 @@ impl Balancer {
             scope,
         );
         match answer {
-            Ok(mut ids) => {
+            Ok(Answer { mut ids, .. }) => {
                 let n = self.stats.len();
                 ids.truncate(n);
                 keep_valid(&mut ids, n);

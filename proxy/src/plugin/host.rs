@@ -31,6 +31,11 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 /// past it every host call answers nothing and the plugin call counts as
 /// failed.
 pub const MAX_HOST_CALLS: u32 = 1000;
+/// Most bytes one host call may carry from the plugin (a header name, a log
+/// message, …): wasmtime's "hostcall fuel", 128 MiB by default. A call
+/// carrying more traps before the host copies any of it. The caps above
+/// still apply to what gets through.
+pub const MAX_HOST_CALL_BYTES: usize = 2 << 20;
 
 /// The request a `select` call is about, lent to the instance for the call so
 /// the `host` imports can answer from it without copying it.

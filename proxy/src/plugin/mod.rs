@@ -31,6 +31,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
 use crate::error::PluginError;
 use crate::stats::BackendStats;
+pub use bindings::{Answer, MAX_ANSWER};
 use bindings::{Exports, Pre, v0_1, v0_2, world_of};
 use cache::Cache;
 pub use host::{HostState, MAX_HOST_CALLS, RequestScope};
@@ -227,12 +228,8 @@ impl Runtime {
             ),
         };
         let pre = match world.as_deref() {
-            Some("0.2.0") => {
-                Pre::V0_2(v0_2::BalancerPre::new(instance_pre).map_err(|e| wrong("0.2.0", e))?)
-            }
-            Some("0.1.0") => {
-                Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e| wrong("0.1.0", e))?)
-            }
+            Some("0.2.0") => Pre::v0_2(instance_pre).map_err(|e| wrong("0.2.0", e))?,
+            Some("0.1.0") => Pre::v0_1(instance_pre).map_err(|e| wrong("0.1.0", e))?,
             Some(other) => {
                 return Err(PluginError::WrongWorld {
                     served: WORLDS,
@@ -242,15 +239,13 @@ impl Runtime {
                     ),
                 });
             }
-            None => match v0_2::BalancerPre::new(instance_pre.clone()) {
-                Ok(pre) => Pre::V0_2(pre),
-                Err(e2) => Pre::V0_1(v0_1::BalancerPre::new(instance_pre).map_err(|e1| {
-                    PluginError::WrongWorld {
-                        served: WORLDS,
-                        origin: source.into(),
-                        reason: format!("its exports match neither world: {e2:#}; {e1:#}"),
-                    }
-                })?),
+            None => match Pre::v0_2(instance_pre.clone()) {
+                Ok(pre) => pre,
+                Err(e2) => Pre::v0_1(instance_pre).map_err(|e1| PluginError::WrongWorld {
+                    served: WORLDS,
+                    origin: source.into(),
+                    reason: format!("its exports match neither world: {e2:#}; {e1:#}"),
+                })?,
             },
         };
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -361,10 +356,7 @@ impl Plugin {
     }
     /// The world it was built for, e.g. `veer:balancer@0.2.0`.
     pub fn world(&self) -> &'static str {
-        match self.pre {
-            Pre::V0_1(_) => "veer:balancer@0.1.0",
-            Pre::V0_2(_) => "veer:balancer@0.2.0",
-        }
+        self.pre.world()
     }
 }
 
@@ -500,6 +492,7 @@ fn describe_trap(err: &wasmtime::Error) -> String {
 pub struct Instance {
     store: Store<HostState>,
     exports: Exports,
+    select: wasmtime::component::Func,
     limits: Limits,
     /// `select`'s deadline and overtime window, in epoch ticks (worked out
     /// once: a 128-bit division per call is not free).
@@ -528,15 +521,12 @@ impl Instance {
         };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(host::MAX_HOST_CALL_BYTES);
         store.epoch_deadline_callback(|mut store| on_deadline(store.data_mut()));
         // Instantiation runs start functions: they burn fuel too.
         store.set_fuel(CALL_FUEL).map_err(PluginError::engine)?;
         store.set_epoch_deadline(ticks(limits.setup_timeout));
-        let exports = match &plugin.pre {
-            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
-            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Exports::V0_2),
-        }
-        .map_err(|e| PluginError::Trapped {
+        let (exports, select) = plugin.pre.instantiate(&mut store).map_err(|e| PluginError::Trapped {
             plugin: plugin.name.to_string(),
             call: "instantiate",
             reason: describe_trap(&e),
@@ -544,6 +534,7 @@ impl Instance {
         Ok(Instance {
             store,
             exports,
+            select,
             limits,
             select_ticks: (
                 ticks(limits.select_timeout),
@@ -616,19 +607,18 @@ impl Instance {
         path: &str,
         client: std::net::IpAddr,
         scope: &mut RequestScope,
-    ) -> Result<Vec<u32>, CallError> {
+    ) -> Result<Answer, CallError> {
         self.start_call_ticks(self.select_ticks);
         self.store.data_mut().request = Some(std::mem::take(scope));
-        let result = match &self.exports {
-            Exports::V0_1(b) => {
-                let method = v0_1::veer::balancer::types::Method::from_http(method);
-                b.call_select(&mut self.store, &method, host, path, client.into())
-            }
-            Exports::V0_2(b) => {
-                let method = v0_2::veer::balancer::types::Method::from_http(method);
-                b.call_select(&mut self.store, &method, host, path, client.into())
-            }
-        };
+        let result = bindings::select(
+            &self.exports,
+            self.select,
+            &mut self.store,
+            method,
+            host,
+            path,
+            client,
+        );
         if let Some(lent) = self.store.data_mut().request.take() {
             *scope = lent;
         }

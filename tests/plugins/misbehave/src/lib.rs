@@ -1,6 +1,6 @@
 //! A plugin that misbehaves on purpose, to test that the host survives it.
 //! Its config picks how: `{"mode": "trap"}`, `"spin"`, `"grow"`, `"empty"`, `"unknown"`,
-//! `"slow"`, `"storm"`, `"long"`, `"big-header"`, `"spam"`, `"trap-init"`,
+//! `"slow"`, `"storm"`, `"long"`, `"big-header"`, `"spam"`, `"huge-log"`, `"trap-init"`,
 //! `"refuse"` (refuses its config in `init`), or `"first"` (behaves: always
 //! the first backend).
 use veer_sdk::{
@@ -34,6 +34,8 @@ pub enum Mode {
     BigHeader,
     /// Logs 50 lines per call, then the first backend.
     Spam,
+    /// Logs one 3 MiB message, then the first backend.
+    HugeLog,
 }
 
 /// The misbehaving strategy.
@@ -64,6 +66,7 @@ impl Mode {
             "long" => Ok(Mode::Long),
             "big-header" => Ok(Mode::BigHeader),
             "spam" => Ok(Mode::Spam),
+            "huge-log" => Ok(Mode::HugeLog),
             "trap-init" => panic!("misbehave: trapping in init on purpose"),
             "refuse" => Err("refused on purpose: mode is \"refuse\"".to_string()),
             other => Err(format!(
@@ -127,6 +130,10 @@ impl Strategy for Misbehave {
                 for i in 0..50 {
                     log(LogLevel::Info, &format!("misbehave: spam line {i}"));
                 }
+                self.ids.first().copied().into_iter().collect()
+            }
+            Mode::HugeLog => {
+                log(LogLevel::Info, &"x".repeat(3 << 20));
                 self.ids.first().copied().into_iter().collect()
             }
         }
