@@ -314,3 +314,61 @@ fn plugin_check_runs_select_under_the_real_limits_and_reports_answers_costs_and_
     assert!(ok, "slow is legal:\n{text}");
     assert!(text.contains("slower than plugins.slow_call_us"), "{text}");
 }
+
+/// Four pools of a built-in on two workers: twelve instances (one per
+/// worker and a spare each) of ~1 MiB. The process's plugin memory holds
+/// them all under a cap with room for them; a cap without room refuses the
+/// configuration, naming the setting, rather than running pools short.
+#[tokio::test]
+async fn plugin_memory_of_all_instances_together_stays_under_the_process_cap() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let list = addresses(&[&a, &b]);
+    let config = |total_mib: u32| {
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\
+             [plugins]\nmemory_limit_mib = 2\ntotal_memory_mib = {total_mib}\n"
+        );
+        for pool in ["p0", "p1", "p2", "p3"] {
+            toml += &format!(
+                "[pools.{pool}]\nstrategy = \"round-robin\"\nbackends = [{list}]\n\
+                 [[routes]]\npath_prefix = \"/{pool}/\"\npool = \"{pool}\"\n"
+            );
+        }
+        toml
+    };
+
+    let err = Proxy::try_start(&config(4)).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("plugins.total_memory_mib (4 MiB)"),
+        "{err}"
+    );
+
+    let proxy = Proxy::start(&config(64)).await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..10 {
+        for pool in ["p0", "p1", "p2", "p3"] {
+            assert_eq!(client.get(&format!("/{pool}/x")).await.status, 200);
+        }
+    }
+    let metrics = Client::h1(proxy.admin.unwrap())
+        .await
+        .get("/metrics")
+        .await
+        .body;
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let (used, cap) = (
+        gauge("veer_plugin_memory_bytes"),
+        gauge("veer_plugin_memory_limit_bytes"),
+    );
+    assert_eq!(cap, 64 << 20);
+    assert!(
+        used >= 12 * (64 << 10) && used <= 12 * (2 << 20),
+        "twelve instances of at least a page and at most 2 MiB each: {used} bytes"
+    );
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}

@@ -32,6 +32,11 @@ pub struct PluginsSection {
     pub slow_call_us: u64,
     /// Linear memory cap per plugin instance, MiB. Default 16.
     pub memory_limit_mib: u64,
+    /// Linear memory of all plugin instances of the process together, MiB:
+    /// an instance that would grow past it traps, one that cannot be
+    /// created is retried with a backoff (the pool's failure policy serves
+    /// meanwhile). Default 1024.
+    pub total_memory_mib: u64,
     /// Largest plugin file read, MiB: a larger file (or an endless one, say a
     /// symlink to a device) is refused without being read whole. Default 64.
     pub max_file_mib: u64,
@@ -70,6 +75,7 @@ impl Default for PluginsSection {
             setup_timeout_ms: 1000,
             slow_call_us: 500,
             memory_limit_mib: 16,
+            total_memory_mib: 1024,
             max_file_mib: 64,
             failures_before_backoff: 3,
             random_seed: 0,
@@ -90,6 +96,8 @@ pub struct PluginLimits {
     pub setup_timeout: Duration,
     /// Linear memory cap per instance, in bytes.
     pub memory_bytes: usize,
+    /// Linear memory cap of all instances together, in bytes.
+    pub total_memory_bytes: usize,
     /// See [`PluginsSection::slow_call_us`].
     pub slow_call: Duration,
 }
@@ -128,6 +136,7 @@ impl PluginsSection {
             select_timeout: Duration::from_millis(self.select_timeout_ms),
             setup_timeout: Duration::from_millis(self.setup_timeout_ms),
             memory_bytes: (self.memory_limit_mib as usize) << 20,
+            total_memory_bytes: (self.total_memory_mib as usize) << 20,
             slow_call: Duration::from_micros(self.slow_call_us),
         }
     }
@@ -143,6 +152,13 @@ impl PluginsSection {
         bounded_ms("plugins.setup_timeout_ms", self.setup_timeout_ms, 1, 60_000)?;
         bounded_ms("plugins.debounce_ms", self.debounce_ms, 0, 60_000)?;
         in_range("plugins.memory_limit_mib", self.memory_limit_mib, 1, 4096)?;
+        // Up to 1 TiB, and room for at least one instance.
+        in_range(
+            "plugins.total_memory_mib",
+            self.total_memory_mib,
+            self.memory_limit_mib,
+            1 << 20,
+        )?;
         in_range("plugins.max_file_mib", self.max_file_mib, 1, 4096)?;
         // Up to 1 TiB.
         in_range("plugins.cache_max_mib", self.cache_max_mib, 1, 1 << 20)?;
@@ -202,7 +218,16 @@ mod tests {
         let s = section("").validate(Path::new(".")).unwrap();
         assert_eq!(s.limits.select_timeout, Duration::from_millis(5));
         assert_eq!(s.limits.memory_bytes, 16 << 20);
+        assert_eq!(s.limits.total_memory_bytes, 1 << 30);
         assert_eq!(s.failures_before_backoff, 3);
+    }
+
+    #[test]
+    fn a_process_memory_cap_without_room_for_one_instance_names_its_key() {
+        let err = section("memory_limit_mib = 32\ntotal_memory_mib = 16")
+            .validate(Path::new("."))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("plugins.total_memory_mib"));
     }
 
     #[test]

@@ -321,5 +321,22 @@ fn plugins(encoder: &mut DescriptorEncoder, state: &State) -> Fmt {
         "The plugin serving each pool (always 1).",
         MetricType::Gauge,
         &info,
-    )
+    )?;
+    // One budget for the process: any pool's plugin reaches it.
+    if let Some(pool) = state.pools.first() {
+        let memory = pool.balancer.plugin().memory();
+        gauge(
+            encoder,
+            "plugin_memory_bytes",
+            "Linear memory held by all plugin instances together.",
+            memory.used() as i64,
+        )?;
+        gauge(
+            encoder,
+            "plugin_memory_limit_bytes",
+            "plugins.total_memory_mib, in bytes.",
+            memory.cap() as i64,
+        )?;
+    }
+    Ok(())
 }

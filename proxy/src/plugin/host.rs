@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use wasmtime::StoreLimits;
 
 use super::bindings::{v0_1, v0_2};
 use crate::stats::BackendStats;
@@ -57,7 +56,7 @@ pub struct RequestScope {
 
 /// The data of each instance's `Store`: what the `host` imports read.
 pub struct HostState {
-    pub(super) limits: StoreLimits,
+    pub(super) limits: super::limits::Limiter,
     pub(super) request: Option<RequestScope>,
     pub(super) stats: Arc<[Arc<BackendStats>]>,
     pub(super) rng: u64,

@@ -19,6 +19,7 @@ pub mod balancer;
 mod bindings;
 mod cache;
 mod host;
+mod limits;
 pub mod log;
 mod ticker;
 
@@ -27,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, Trap};
 
 use crate::error::PluginError;
 use crate::stats::BackendStats;
@@ -35,6 +36,7 @@ pub use bindings::{Answer, MAX_ANSWER};
 use bindings::{Exports, Pre, v0_1, v0_2, world_of};
 use cache::Cache;
 pub use host::{HostState, MAX_HOST_CALLS, RequestScope};
+use limits::{Limiter, MemoryBudget};
 use ticker::{EPOCH_TICK, Ticker};
 
 /// The worlds this host serves, newest first.
@@ -55,32 +57,6 @@ pub struct BackendInfo {
 
 /// Limits applied to every plugin instance (validated `[plugins]` settings).
 pub type Limits = crate::config::PluginLimits;
-
-/// Linear memories one instance may have: one (a component's core module;
-/// multi-memory is off in the engine too).
-pub const MAX_MEMORIES: usize = 1;
-/// Tables one instance may have (the module's function table plus the few
-/// the component model's adapter shims use).
-pub const MAX_TABLES: usize = 8;
-/// Elements one table may grow to.
-pub const MAX_TABLE_ELEMENTS: usize = 10_000;
-/// Core instances one component instance may create (a plugin built with
-/// `cargo build --target wasm32-wasip2` makes a handful).
-pub const MAX_INSTANCES: usize = 16;
-
-/// What one plugin instance may allocate: `memory_bytes` of linear memory
-/// in one memory, [`MAX_TABLES`] tables of [`MAX_TABLE_ELEMENTS`], and
-/// [`MAX_INSTANCES`] core instances; growing past them traps.
-fn store_limits(memory_bytes: usize) -> wasmtime::StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(memory_bytes)
-        .memories(MAX_MEMORIES)
-        .tables(MAX_TABLES)
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .instances(MAX_INSTANCES)
-        .trap_on_grow_failure(true)
-        .build()
-}
 
 /// Fuel given to each call: far more than any deadline lets a call burn.
 const CALL_FUEL: u64 = u64::MAX / 2;
@@ -107,6 +83,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: Option<Arc<Cache>>,
+    /// Linear memory of all instances, against `plugins.total_memory_mib`.
+    memory: Arc<MemoryBudget>,
     _ticker: Arc<Ticker>,
 }
 
@@ -156,6 +134,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            memory: Arc::new(MemoryBudget::default()),
             _ticker: Arc::new(ticker),
         })
     }
@@ -270,6 +249,7 @@ impl Runtime {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             log_budget: Arc::new(log::LogBudget::new(log::PLUGIN_LINES_PER_SECOND)),
+            memory: self.memory.clone(),
         };
         let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
         probe.start_call(limits.setup_timeout);
@@ -317,6 +297,8 @@ pub struct Plugin {
     loaded_unix_ms: u64,
     /// Lines it may log itself (shared by all its instances).
     log_budget: Arc<log::LogBudget>,
+    /// The process's plugin memory (the runtime's).
+    memory: Arc<MemoryBudget>,
 }
 
 impl Plugin {
@@ -349,6 +331,10 @@ impl Plugin {
     /// The version the plugin gives itself.
     pub fn version(&self) -> &str {
         &self.version
+    }
+    /// The process's plugin memory, against `plugins.total_memory_mib`.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
     /// Where it was loaded from (`builtin:NAME` or a file path).
     pub fn source(&self) -> &str {
@@ -509,7 +495,7 @@ impl Instance {
         seed: u64,
     ) -> Result<Instance, PluginError> {
         let state = HostState {
-            limits: store_limits(limits.memory_bytes),
+            limits: Limiter::new(limits.memory_bytes, plugin.memory.clone()),
             request: None,
             stats,
             rng: seed,
@@ -519,6 +505,7 @@ impl Instance {
             overtime: None,
             window_ticks: ticks(limits.setup_timeout),
         };
+        plugin.memory.set_cap(limits.total_memory_bytes);
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(host::MAX_HOST_CALL_BYTES);
@@ -623,67 +610,5 @@ impl Instance {
             *scope = lent;
         }
         result.map_err(classify)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `(module (table 1 funcref) (func (export "grow") (result i32)
-    /// (table.grow (ref.null func) (i32.const 20000))))`, by hand.
-    const GROWS_A_TABLE: &[u8] = &[
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // header
-        0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // type: () -> i32
-        0x03, 0x02, 0x01, 0x00, // one function of that type
-        0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // a funcref table, 1 element
-        0x07, 0x08, 0x01, 0x04, b'g', b'r', b'o', b'w', 0x00, 0x00, // export "grow"
-        0x0a, 0x0d, 0x01, 0x0b, 0x00, // code: one body of 11 bytes, no locals
-        0xd0, 0x70, // ref.null func
-        0x41, 0xa0, 0x9c, 0x01, // i32.const 20000
-        0xfc, 0x0f, 0x00, // table.grow 0
-        0x0b, // end
-    ];
-
-    /// `(module (table 20000 funcref))`.
-    const BIG_TABLE: &[u8] = &[
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //
-        0x04, 0x06, 0x01, 0x70, 0x00, 0xa0, 0x9c, 0x01,
-    ];
-
-    fn store(engine: &Engine) -> Store<wasmtime::StoreLimits> {
-        let mut store = Store::new(engine, store_limits(1 << 20));
-        store.limiter(|limits| limits);
-        store
-    }
-
-    #[test]
-    fn a_table_cannot_grow_past_its_element_cap() {
-        let engine = Engine::default();
-        let module = wasmtime::Module::new(&engine, GROWS_A_TABLE).unwrap();
-        let mut store = store(&engine);
-        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-        let grow = instance
-            .get_typed_func::<(), i32>(&mut store, "grow")
-            .unwrap();
-        let err = grow.call(&mut store, ()).unwrap_err();
-        assert!(format!("{err:?}").contains("table"), "{err:?}");
-        // Without the limits it grows: the cap is what stopped it.
-        let mut unlimited = Store::new(&engine, ());
-        let instance = wasmtime::Instance::new(&mut unlimited, &module, &[]).unwrap();
-        let grow = instance
-            .get_typed_func::<(), i32>(&mut unlimited, "grow")
-            .unwrap();
-        assert_eq!(grow.call(&mut unlimited, ()).unwrap(), 1, "the old size");
-    }
-
-    #[test]
-    fn a_table_declared_past_the_cap_is_not_instantiated() {
-        let engine = Engine::default();
-        let module = wasmtime::Module::new(&engine, BIG_TABLE).unwrap();
-        let mut store = store(&engine);
-        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_err());
-        let mut unlimited = Store::new(&engine, ());
-        assert!(wasmtime::Instance::new(&mut unlimited, &module, &[]).is_ok());
     }
 }
