@@ -372,3 +372,27 @@ async fn plugin_memory_of_all_instances_together_stays_under_the_process_cap() {
     );
     assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
 }
+
+/// Every way the test plugin misbehaves, under concurrent load on one
+/// worker and on two: no request fails. (The plugin is rested, falls back
+/// or is cut short; which one is each mode's own test.)
+#[tokio::test]
+async fn under_concurrent_load_no_misbehaving_plugin_fails_a_request() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let modes = [
+        "spin", "grow", "trap", "empty", "unknown", "slow", "storm", "long", "big-header", "spam",
+        "huge-log",
+    ];
+    for workers in [1, 2] {
+        for mode in modes {
+            let toml = two_pools(mode, &[&a, &b])
+                .replace("workers = 1", &format!("workers = {workers}"));
+            let proxy = Proxy::start(&toml).await;
+            let load = Load::start_on(proxy.addr, "/slow/x", 4, Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (ok, failed) = load.finish().await;
+            assert_eq!(failed, 0, "{mode} on {workers} workers: {ok} answered");
+            assert!(ok >= 4, "{mode} on {workers} workers: only {ok} answered");
+        }
+    }
+}
