@@ -129,6 +129,25 @@ async fn measure_a_ten_thousand_id_answer_does_not_halve_throughput() {
     assert!(kept >= 0.5, "kept only {:.0}%", kept * 100.0);
 }
 
+/// Time the host spends copying what a plugin hands it costs the plugin
+/// no fuel, so fuel alone never calls this plugin slow. A call over the
+/// budget makes the worker time the next calls in thread CPU time, and
+/// those rest it.
+#[tokio::test]
+async fn a_plugin_slow_in_host_calls_that_fuel_does_not_see_is_rested_by_thread_cpu_time() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let proxy = Proxy::start(&two_pools("heavy-log", &[&a, &b])).await;
+    fast_pool_rate(
+        &proxy,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    )
+    .await;
+    let m = proxy.metrics.snapshot();
+    assert!(m.plugin_slow_calls >= 3, "{m:?}");
+    assert!(m.fallback_selections > 0, "rested: {m:?}");
+}
+
 #[tokio::test]
 async fn a_plugin_storming_host_calls_is_cut_off_counted_and_rested() {
     let [a, b] = start_backends(["a", "b"]).await;
@@ -380,13 +399,23 @@ async fn plugin_memory_of_all_instances_together_stays_under_the_process_cap() {
 async fn under_concurrent_load_no_misbehaving_plugin_fails_a_request() {
     let [a, b] = start_backends(["a", "b"]).await;
     let modes = [
-        "spin", "grow", "trap", "empty", "unknown", "slow", "storm", "long", "big-header", "spam",
+        "spin",
+        "grow",
+        "trap",
+        "empty",
+        "unknown",
+        "slow",
+        "heavy-log",
+        "storm",
+        "long",
+        "big-header",
+        "spam",
         "huge-log",
     ];
     for workers in [1, 2] {
         for mode in modes {
-            let toml = two_pools(mode, &[&a, &b])
-                .replace("workers = 1", &format!("workers = {workers}"));
+            let toml =
+                two_pools(mode, &[&a, &b]).replace("workers = 1", &format!("workers = {workers}"));
             let proxy = Proxy::start(&toml).await;
             let load = Load::start_on(proxy.addr, "/slow/x", 4, Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -237,9 +237,9 @@ struct Slot {
     /// This worker's instance of the last good version, once needed.
     last_good: Option<Instance>,
     /// Calls still to be timed in thread CPU time: set when a call ran past
-    /// the slow-call budget without the fuel to show for it (bulk memory
-    /// instructions and host calls burn little fuel), so the next ones are
-    /// judged by what the thread really ran.
+    /// the slow-call budget without the fuel to show for it (time in host
+    /// calls burns no fuel), so the next ones are judged by what the thread
+    /// really ran.
     timed_calls: u32,
 }
 
@@ -646,8 +646,8 @@ impl Balancer {
 /// How a call that took `took` (wall) against `budget` is judged: `None`
 /// by the fuel it burnt (the caller's check), `Some(slow)` by what the
 /// thread ran (`ran`, when this worker was timing calls): a descheduled
-/// host is not the plugin's fault, bulk memory instructions and host calls
-/// (which burn little fuel) are. A call over the budget makes the worker
+/// host is not the plugin's fault, time in its host calls (which burns no
+/// fuel) is. A call over the budget makes the worker
 /// time its next [`TIMED_CALLS`] calls.
 fn judge(
     budget: Duration,
@@ -715,7 +715,7 @@ mod tests {
         // Over the budget, not timed yet: fuel decides; the next are timed.
         assert_eq!(judge(budget, &mut timed, ms(3), None), None);
         assert_eq!(timed, TIMED_CALLS);
-        // Timed and over: the thread ran it (bulk memory, host calls): slow.
+        // Timed and over: the thread ran it (host calls included): slow.
         assert_eq!(judge(budget, &mut timed, ms(3), Some(ms(3))), Some(true));
         // Timed and over, but the thread hardly ran: descheduled, not slow.
         assert_eq!(

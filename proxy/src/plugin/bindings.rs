@@ -212,17 +212,23 @@ pub(super) fn select(
             // SAFETY: `Pre::instantiate` checked `select` against these
             // types for this instance.
             #[allow(unsafe_code)]
-            let typed = unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
+            let typed =
+                unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
             let method = M::from_http(method);
-            typed.call(store, (&method, host, path, client.into())).map(|(a,)| a)
+            typed
+                .call(store, (&method, host, path, client.into()))
+                .map(|(a,)| a)
         }
         Exports::V0_2(_) => {
             type M = v0_2::veer::balancer::types::Method;
             // SAFETY: as above.
             #[allow(unsafe_code)]
-            let typed = unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
+            let typed =
+                unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
             let method = M::from_http(method);
-            typed.call(store, (&method, host, path, client.into())).map(|(a,)| a)
+            typed
+                .call(store, (&method, host, path, client.into()))
+                .map(|(a,)| a)
         }
     }
 }
@@ -268,9 +274,7 @@ impl Answer {
     /// aligned, as the component model requires of any list; only its head
     /// is copied.
     fn read(memory: &[u8], ptr: usize, len: usize) -> wasmtime::Result<Answer> {
-        let end = len
-            .checked_mul(4)
-            .and_then(|bytes| ptr.checked_add(bytes));
+        let end = len.checked_mul(4).and_then(|bytes| ptr.checked_add(bytes));
         if end.is_none_or(|end| end > memory.len()) {
             wasmtime::bail!("select's answer lies outside the plugin's memory");
         }
@@ -324,7 +328,9 @@ unsafe impl wasmtime::component::Lift for Answer {
         _ty: wasmtime::component::__internal::InterfaceType,
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         Answer::read(cx.memory(), word(0) as usize, word(4) as usize)
     }
 }

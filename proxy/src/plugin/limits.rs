@@ -259,7 +259,11 @@ mod tests {
         let budget = Arc::new(MemoryBudget::new(6 * PAGE));
         let mut first = store(&engine, 4 * PAGE, &budget);
         let grow_first = grower(&mut first, &module);
-        assert_eq!(grow_first.call(&mut first, 4).unwrap(), 0, "within both caps");
+        assert_eq!(
+            grow_first.call(&mut first, 4).unwrap(),
+            0,
+            "within both caps"
+        );
         assert_eq!(budget.used(), 4 * PAGE);
 
         let mut second = store(&engine, 4 * PAGE, &budget);

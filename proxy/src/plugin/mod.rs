@@ -513,11 +513,15 @@ impl Instance {
         // Instantiation runs start functions: they burn fuel too.
         store.set_fuel(CALL_FUEL).map_err(PluginError::engine)?;
         store.set_epoch_deadline(ticks(limits.setup_timeout));
-        let (exports, select) = plugin.pre.instantiate(&mut store).map_err(|e| PluginError::Trapped {
-            plugin: plugin.name.to_string(),
-            call: "instantiate",
-            reason: describe_trap(&e),
-        })?;
+        let (exports, select) =
+            plugin
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| PluginError::Trapped {
+                    plugin: plugin.name.to_string(),
+                    call: "instantiate",
+                    reason: describe_trap(&e),
+                })?;
         Ok(Instance {
             store,
             exports,

@@ -36,6 +36,10 @@ pub enum Mode {
     Spam,
     /// Logs one 3 MiB message, then the first backend.
     HugeLog,
+    /// Legal but slow in a way fuel does not see: logs a 1 MiB message
+    /// (built once) 16 times, so the time goes into the host copying it,
+    /// then the first backend.
+    HeavyLog,
 }
 
 /// The misbehaving strategy.
@@ -43,6 +47,8 @@ pub enum Mode {
 pub struct Misbehave {
     mode: Mode,
     ids: Vec<BackendId>,
+    /// What `heavy-log` logs.
+    message: String,
 }
 
 impl Mode {
@@ -67,6 +73,7 @@ impl Mode {
             "big-header" => Ok(Mode::BigHeader),
             "spam" => Ok(Mode::Spam),
             "huge-log" => Ok(Mode::HugeLog),
+            "heavy-log" => Ok(Mode::HeavyLog),
             "trap-init" => panic!("misbehave: trapping in init on purpose"),
             "refuse" => Err("refused on purpose: mode is \"refuse\"".to_string()),
             other => Err(format!(
@@ -84,6 +91,7 @@ impl Strategy for Misbehave {
         Ok(Misbehave {
             mode: Mode::from_config(config.as_json())?,
             ids: Vec::new(),
+            message: String::new(),
         })
     }
 
@@ -129,6 +137,15 @@ impl Strategy for Misbehave {
             Mode::Spam => {
                 for i in 0..50 {
                     log(LogLevel::Info, &format!("misbehave: spam line {i}"));
+                }
+                self.ids.first().copied().into_iter().collect()
+            }
+            Mode::HeavyLog => {
+                if self.message.is_empty() {
+                    self.message = "x".repeat(1 << 20);
+                }
+                for _ in 0..16 {
+                    log(LogLevel::Debug, &self.message);
                 }
                 self.ids.first().copied().into_iter().collect()
             }
