@@ -23,6 +23,7 @@ const LIMITS: Limits = Limits {
     select_timeout: Duration::from_millis(50),
     setup_timeout: Duration::from_secs(5),
     memory_bytes: 64 << 20,
+    total_memory_bytes: 1 << 30,
     slow_call: Duration::from_millis(50),
 };
 

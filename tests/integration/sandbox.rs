@@ -386,7 +386,7 @@ async fn plugin_memory_of_all_instances_together_stays_under_the_process_cap() {
     );
     assert_eq!(cap, 64 << 20);
     assert!(
-        used >= 12 * (64 << 10) && used <= 12 * (2 << 20),
+        (12 * (64 << 10)..=12 * (2 << 20)).contains(&used),
         "twelve instances of at least a page and at most 2 MiB each: {used} bytes"
     );
     assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
