@@ -76,7 +76,7 @@ pub use control::reload::Handle;
 pub use error::{ConfigError, Error, PluginError};
 pub use listen::Server;
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use plugin::{Answer, MAX_ANSWER};
+pub use plugin::{Answer, MAX_ANSWER, Verdict};
 
 /// Serves `config` until `shutdown` completes, then drains in-flight requests.
 /// SIGHUP reloads the configuration file. For embedding and tests; the
@@ -205,9 +205,9 @@ pub const CHECK_BACKENDS: [(&str, u32, &str); 4] = [
 pub struct SelectProbe {
     /// The request, as `METHOD path` and its headers.
     pub request: String,
-    /// The ids it answered (as far as the host reads), or how the call
-    /// failed (trap, deadline).
-    pub answer: Result<Answer, String>,
+    /// What it answered (ids as far as the host reads them, or a
+    /// rejection), or how the call failed (trap, deadline).
+    pub answer: Result<plugin::Verdict, String>,
     /// Wall time of the call.
     pub took: std::time::Duration,
     /// Fuel it burnt (≈ Wasm instructions).
@@ -321,13 +321,14 @@ fn probe_select(
     let method = ::http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
     let only_path = path.split('?').next().unwrap_or(path);
     let started = std::time::Instant::now();
-    let answer = instance.select(
-        &method,
-        "example.com",
-        only_path,
-        std::net::Ipv4Addr::new(192, 0, 2, 7).into(),
-        &mut scope,
-    );
+    let call = plugin::Call {
+        method: &method,
+        host: "example.com",
+        path: only_path,
+        client: std::net::Ipv4Addr::new(192, 0, 2, 7).into(),
+        tls: None,
+    };
+    let answer = instance.select(&call, &mut scope);
     let took = started.elapsed();
     let fuel = instance.fuel_used();
     let strike = if instance.stormed() {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use veer::Verdict;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -118,17 +119,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut failed = 0;
             for probe in &report.selects {
                 let answer = match &probe.answer {
-                    Ok(a) if a.len == 0 => {
+                    Ok(Verdict::Order(a)) if a.len == 0 => {
                         "[] (no backend: the pool's failure policy would serve)".to_string()
                     }
-                    Ok(a) if a.len > veer::MAX_ANSWER => format!(
+                    Ok(Verdict::Order(a)) if a.len > veer::MAX_ANSWER => format!(
                         "{:?}… ({} ids; Veer reads the first {} only)",
                         &a.ids[..16],
                         a.len,
                         veer::MAX_ANSWER
                     ),
-                    Ok(a) if a.len > 16 => format!("{:?}… ({} ids)", &a.ids[..16], a.len),
-                    Ok(a) => format!("{:?}", a.ids),
+                    Ok(Verdict::Order(a)) if a.len > 16 => {
+                        format!("{:?}… ({} ids)", &a.ids[..16], a.len)
+                    }
+                    Ok(Verdict::Order(a)) => format!("{:?}", a.ids),
+                    Ok(Verdict::Refuse(reason)) => {
+                        format!("refused: {reason} (the client would get a 503)")
+                    }
+                    Ok(Verdict::Defer(reason)) => {
+                        format!("deferred: {reason} (the pool's failure policy would serve)")
+                    }
                     Err(e) => {
                         failed += 1;
                         format!("FAILED: {e}")

@@ -265,10 +265,33 @@ async fn handle_in(
         response_headers: Vec::new(),
         fell_back: false,
         rejected: false,
+        refused: None,
     };
-    let candidates =
-        pool.balancer
-            .select(&parts.method, host, &normalized, client.ip(), &mut scope);
+    let call = crate::plugin::Call {
+        method: &parts.method,
+        host,
+        path: &normalized,
+        client: client.ip(),
+        tls: conn.tls.as_ref().map(|info| crate::plugin::TlsSeen {
+            server_name: info.sni.as_deref(),
+            alpn: Some(if parts.version == Version::HTTP_2 {
+                "h2"
+            } else {
+                "http/1.1"
+            }),
+            client_subject: info.client.as_ref().map(|c| c.subject.as_str()),
+        }),
+    };
+    let candidates = pool.balancer.select(&call, &mut scope);
+    if let Some(reason) = scope.refused {
+        return attempt::unavailable(
+            ctx,
+            format!(
+                "veer: no backend of pool {} may serve this request: {reason}\n",
+                pool.config.name
+            ),
+        );
+    }
     if scope.rejected {
         return attempt::unavailable(
             ctx,

@@ -132,7 +132,7 @@ metrics! {
     plugin_traps,
     /// Plugin calls that ran past their deadline.
     plugin_timeouts,
-    /// `select` answers with no usable backend id.
+    /// `select` answers with no usable backend id (0.3.0 `defer` included).
     plugin_bad_answers,
     /// Plugin calls that took longer than `plugins.slow_call_us` (counted
     /// toward the backoff like failures; the answer is used).
@@ -154,6 +154,9 @@ metrics! {
     /// Requests answered 503 because the plugin failed and the pool's
     /// policy is `reject`.
     plugin_rejections,
+    /// Requests answered 503 because the plugin refused them (0.3.0
+    /// `refuse`: no backend of the pool may serve them).
+    plugin_refused_requests,
     /// Requests whose backend order came from the host's round robin instead
     /// of the plugin (after a failure, or while the plugin is backing off).
     fallback_selections,

@@ -20,7 +20,6 @@
 //! the plugin.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +32,8 @@ use crate::metrics::Metrics;
 use crate::metrics::traffic::{PluginEvent, PluginTraffic};
 use crate::plugin::log::{HOST_LINES_PER_SECOND, LogBudget};
 use crate::plugin::{
-    Answer, BackendInfo, CallError, Instance, Limits, MAX_ANSWER, Plugin, RequestScope,
+    Answer, BackendInfo, Call, CallError, Instance, Limits, MAX_ANSWER, Plugin, RequestScope,
+    Verdict,
 };
 use crate::stats::BackendStats;
 
@@ -390,25 +390,17 @@ impl Balancer {
     /// plugin cannot answer, the pool's failure policy does: the last good
     /// version or the host's round robin (never empty), or nothing, with
     /// `scope.rejected` set (policy `reject`: the request gets a 503).
-    pub fn select(
-        &self,
-        method: &http::Method,
-        host: &str,
-        path: &str,
-        client: IpAddr,
-        scope: &mut RequestScope,
-    ) -> Vec<u32> {
+    ///
+    /// A plugin that refuses the request (0.3.0 `refuse`) gets an empty
+    /// order with `scope.refused` set: the request gets a 503, whatever the
+    /// policy.
+    pub fn select(&self, request: &Call<'_>, scope: &mut RequestScope) -> Vec<u32> {
+        let request = *request;
         let cell = self.slots.get_or(|| RefCell::new(Slot::default()));
         // Not re-entrant: a plugin call never calls back into the balancer.
         let mut slot = cell.borrow_mut();
         // A plain `&mut Slot`, so its fields can be borrowed apart.
         let slot = &mut *slot;
-        let request = Call {
-            method,
-            host,
-            path,
-            client,
-        };
         if self.rolled_back.load(Ordering::Relaxed) {
             return self.by_last_good(slot, &request, scope);
         }
@@ -434,7 +426,7 @@ impl Balancer {
             .flatten();
         let instance = slot.instance.as_mut().expect("set just above");
         let started = Instant::now();
-        let answer = instance.select(method, host, path, client, scope);
+        let answer = instance.select(&request, scope);
         let took = started.elapsed();
         self.traffic.selected(took);
         let ran = cpu_before.and_then(|before| {
@@ -443,16 +435,7 @@ impl Balancer {
         let budget = self.limits.slow_call;
         let by_cpu = judge(budget, &mut slot.timed_calls, took, ran);
         match answer {
-            Ok(Answer { mut ids, len }) => {
-                let n = self.stats.len();
-                if len > n.min(MAX_ANSWER) {
-                    // More ids than backends cannot all be valid: only the
-                    // first n are looked at (and no more than MAX_ANSWER
-                    // were read).
-                    Metrics::inc(&self.metrics.plugin_long_answers);
-                }
-                ids.truncate(n);
-                keep_valid(&mut ids, n);
+            Ok(verdict) => {
                 let strike = if instance.stormed() {
                     Metrics::inc(&self.metrics.plugin_host_call_storms);
                     Some(format!(
@@ -471,12 +454,45 @@ impl Balancer {
                 } else {
                     None
                 };
+                let (ids, deferred) = match verdict {
+                    Verdict::Order(Answer { mut ids, len }) => {
+                        let n = self.stats.len();
+                        if len > n.min(MAX_ANSWER) {
+                            // More ids than backends cannot all be valid:
+                            // only the first n are looked at (and no more
+                            // than MAX_ANSWER were read).
+                            Metrics::inc(&self.metrics.plugin_long_answers);
+                        }
+                        ids.truncate(n);
+                        keep_valid(&mut ids, n);
+                        (ids, None)
+                    }
+                    Verdict::Refuse(reason) => {
+                        match strike {
+                            Some(strike) => self.failed(slot, &strike, false),
+                            None => slot.failures = 0,
+                        }
+                        Metrics::inc(&self.metrics.plugin_refused_requests);
+                        scope.refused = Some(crate::plugin::log::cut(&reason).into_owned());
+                        return Vec::new();
+                    }
+                    Verdict::Defer(reason) => (Vec::new(), Some(reason)),
+                };
                 if ids.is_empty() {
                     self.broke();
                     Metrics::inc(&self.metrics.plugin_bad_answers);
                     self.traffic.event(PluginEvent::BadAnswer);
                     if let Some(dropped) = self.host_log.allow() {
-                        tracing::warn!(plugin = self.plugin().name(), pool = %self.pool, dropped = (dropped > 0).then_some(dropped), "select answered no known backend; using round robin");
+                        let dropped = (dropped > 0).then_some(dropped);
+                        match deferred {
+                            Some(reason) => {
+                                let reason = crate::plugin::log::cut(&reason);
+                                tracing::warn!(plugin = self.plugin().name(), pool = %self.pool, dropped, "select deferred ({reason}); the pool's failure policy serves")
+                            }
+                            None => {
+                                tracing::warn!(plugin = self.plugin().name(), pool = %self.pool, dropped, "select answered no known backend; the pool's failure policy serves")
+                            }
+                        }
                     }
                     if let Some(strike) = strike {
                         self.failed(slot, &strike, true);
@@ -552,15 +568,15 @@ impl Balancer {
             }
         }
         let instance = slot.last_good.as_mut().expect("set just above");
-        let answer = instance.select(
-            request.method,
-            request.host,
-            request.path,
-            request.client,
-            scope,
-        );
+        let answer = instance.select(request, scope);
         match answer {
-            Ok(Answer { mut ids, .. }) => {
+            Ok(Verdict::Refuse(reason)) => {
+                Metrics::inc(&self.metrics.plugin_refused_requests);
+                scope.refused = Some(crate::plugin::log::cut(&reason).into_owned());
+                Vec::new()
+            }
+            Ok(Verdict::Defer(_)) => self.without_plugin(slot, scope),
+            Ok(Verdict::Order(Answer { mut ids, .. })) => {
                 let n = self.stats.len();
                 ids.truncate(n);
                 keep_valid(&mut ids, n);
@@ -666,14 +682,6 @@ fn judge(
         Some(ran) if timed => Some(over && ran > budget),
         _ => None,
     }
-}
-
-/// The request a `select` is about.
-struct Call<'a> {
-    method: &'a http::Method,
-    host: &'a str,
-    path: &'a str,
-    client: IpAddr,
 }
 
 /// Drops ids `>= n` and repeats, keeping the order.

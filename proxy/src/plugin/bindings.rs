@@ -17,12 +17,26 @@ pub(super) mod v0_1 {
     });
 }
 
-/// `veer:balancer@0.2.0`, the current world (what `veer-sdk` builds).
+/// `veer:balancer@0.2.0`, frozen.
 #[allow(missing_docs)]
 pub(super) mod v0_2 {
     wasmtime::component::bindgen!({
         path: "../wit/0.2.0",
         world: "veer:balancer/balancer@0.2.0",
+    });
+}
+
+/// `veer:balancer@0.3.0` with `veer:http@0.1.0`, the current world (what
+/// `veer-sdk` builds). The request resource is the request lent to the
+/// instance for a `select` call.
+#[allow(missing_docs)]
+pub(super) mod v0_3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.3.0",
+        world: "veer:balancer/balancer@0.3.0",
+        with: {
+            "veer:http/types.request": super::super::host::LentRequest,
+        },
     });
 }
 
@@ -94,6 +108,65 @@ macro_rules! world_conversions {
 world_conversions!(v0_1);
 world_conversions!(v0_2);
 
+impl v0_3::veer::http::types::Method {
+    pub(super) fn from_http(method: &http::Method) -> Self {
+        use v0_3::veer::http::types::Method as M;
+        match *method {
+            http::Method::GET => M::Get,
+            http::Method::HEAD => M::Head,
+            http::Method::POST => M::Post,
+            http::Method::PUT => M::Put,
+            http::Method::DELETE => M::Delete,
+            http::Method::CONNECT => M::Connect,
+            http::Method::OPTIONS => M::Options,
+            http::Method::TRACE => M::Trace,
+            http::Method::PATCH => M::Patch,
+            ref other => M::Other(other.as_str().to_owned()),
+        }
+    }
+}
+
+impl From<std::net::IpAddr> for v0_3::veer::http::types::IpAddress {
+    fn from(ip: std::net::IpAddr) -> Self {
+        use v0_3::veer::http::types::IpAddress as A;
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                A::Ipv4((a, b, c, d))
+            }
+            std::net::IpAddr::V6(v6) => {
+                let [a, b, c, d, e, f, g, h] = v6.segments();
+                A::Ipv6((a, b, c, d, e, f, g, h))
+            }
+        }
+    }
+}
+
+impl From<&BackendInfo> for v0_3::veer::balancer::types::Backend {
+    fn from(b: &BackendInfo) -> Self {
+        Self {
+            id: b.id,
+            address: b.address.clone(),
+            weight: b.weight,
+            labels: b.labels.clone(),
+        }
+    }
+}
+
+impl From<v0_3::veer::balancer::types::LogLevel> for tracing::Level {
+    fn from(level: v0_3::veer::balancer::types::LogLevel) -> Self {
+        use v0_3::veer::balancer::types::LogLevel as L;
+        match level {
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        }
+    }
+}
+
+impl v0_3::veer::balancer::types::Host for HostState {}
+
 /// A type-checked component, ready to instantiate, in its world.
 pub(super) struct Pre {
     instance_pre: InstancePre<HostState>,
@@ -107,12 +180,14 @@ pub(super) struct Pre {
 enum PreWorld {
     V0_1(v0_1::BalancerIndices),
     V0_2(v0_2::BalancerIndices),
+    V0_3(v0_3::BalancerIndices),
 }
 
 /// An instance's exports, in its world.
 pub(super) enum Exports {
     V0_1(v0_1::Balancer),
     V0_2(v0_2::Balancer),
+    V0_3(v0_3::Balancer),
 }
 
 impl Pre {
@@ -121,6 +196,12 @@ impl Pre {
     pub(super) fn v0_2(instance_pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
         let indices = v0_2::BalancerIndices::new(&instance_pre)?;
         Pre::new(instance_pre, PreWorld::V0_2(indices))
+    }
+
+    /// The same for `veer:balancer@0.3.0`.
+    pub(super) fn v0_3(instance_pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
+        let indices = v0_3::BalancerIndices::new(&instance_pre)?;
+        Pre::new(instance_pre, PreWorld::V0_3(indices))
     }
 
     /// The same for `veer:balancer@0.1.0`.
@@ -146,6 +227,7 @@ impl Pre {
         match self.world {
             PreWorld::V0_1(_) => "veer:balancer@0.1.0",
             PreWorld::V0_2(_) => "veer:balancer@0.2.0",
+            PreWorld::V0_3(_) => "veer:balancer@0.3.0",
         }
     }
 
@@ -172,9 +254,30 @@ impl Pre {
                 )?;
                 Exports::V0_2(indices.load(&mut *store, &instance)?)
             }
+            PreWorld::V0_3(indices) => {
+                select
+                    .typed::<SelectV0_3, (Result<Answer, v0_3::veer::balancer::types::Rejection>,)>(
+                        &*store,
+                    )?;
+                Exports::V0_3(indices.load(&mut *store, &instance)?)
+            }
         };
         Ok((exports, select))
     }
+}
+
+/// `select`'s parameters in `veer:balancer@0.3.0`: the lent request.
+type SelectV0_3 = (wasmtime::component::Resource<super::host::LentRequest>,);
+
+/// What `select` answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Backends to try, best first.
+    Order(Answer),
+    /// No backend of the pool may serve the request (0.3.0 `refuse`).
+    Refuse(String),
+    /// The plugin cannot decide (0.3.0 `defer`): the failure policy serves.
+    Defer(String),
 }
 
 /// `select`'s parameters in a world whose `method` type is `M`.
@@ -197,15 +300,13 @@ impl WorldTypes for v0_2::veer::balancer::types::Method {
 }
 
 /// Calls `select` (from [`Pre::instantiate`], in the world of `exports`).
+/// For 0.3.0 the request is what `store`'s data has lent.
 pub(super) fn select(
     exports: &Exports,
     select: Func,
     store: &mut Store<HostState>,
-    method: &http::Method,
-    host: &str,
-    path: &str,
-    client: std::net::IpAddr,
-) -> wasmtime::Result<Answer> {
+    call: &super::Call<'_>,
+) -> wasmtime::Result<Verdict> {
     match exports {
         Exports::V0_1(_) => {
             type M = v0_1::veer::balancer::types::Method;
@@ -214,10 +315,10 @@ pub(super) fn select(
             #[allow(unsafe_code)]
             let typed =
                 unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
-            let method = M::from_http(method);
+            let method = M::from_http(call.method);
             typed
-                .call(store, (&method, host, path, client.into()))
-                .map(|(a,)| a)
+                .call(store, (&method, call.host, call.path, call.client.into()))
+                .map(|(a,)| Verdict::Order(a))
         }
         Exports::V0_2(_) => {
             type M = v0_2::veer::balancer::types::Method;
@@ -225,10 +326,24 @@ pub(super) fn select(
             #[allow(unsafe_code)]
             let typed =
                 unsafe { TypedFunc::<SelectParams<'_, M>, (Answer,)>::new_unchecked(select) };
-            let method = M::from_http(method);
+            let method = M::from_http(call.method);
             typed
-                .call(store, (&method, host, path, client.into()))
-                .map(|(a,)| a)
+                .call(store, (&method, call.host, call.path, call.client.into()))
+                .map(|(a,)| Verdict::Order(a))
+        }
+        Exports::V0_3(_) => {
+            use v0_3::veer::balancer::types::Rejection;
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            let typed = unsafe {
+                TypedFunc::<SelectV0_3, (Result<Answer, Rejection>,)>::new_unchecked(select)
+            };
+            let lent = wasmtime::component::Resource::new_borrow(0);
+            typed.call(store, (lent,)).map(|(answer,)| match answer {
+                Ok(answer) => Verdict::Order(answer),
+                Err(Rejection::Refuse(reason)) => Verdict::Refuse(reason),
+                Err(Rejection::Defer(reason)) => Verdict::Defer(reason),
+            })
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use super::bindings::{v0_1, v0_2};
+use super::bindings::{v0_1, v0_2, v0_3};
 use crate::stats::BackendStats;
 
 /// Headers a plugin may not set on a response: framing and hop-by-hop.
@@ -52,10 +52,69 @@ pub struct RequestScope {
     /// Set when the plugin failed and the pool's policy is `reject`: the
     /// order is empty and the request gets a 503.
     pub rejected: bool,
+    /// Set, with the plugin's reason, when the plugin refused the request
+    /// (0.3.0 `refuse`): the order is empty and the request gets a 503.
+    pub refused: Option<String>,
+}
+
+/// The request lent to a `veer:balancer@0.3.0` plugin for a `select`
+/// call: a handle with no data of its own (its methods answer from the
+/// instance's [`Lent`] and [`RequestScope`]).
+pub struct LentRequest;
+
+/// The parts of the request a 0.3.0 request handle answers that are not in
+/// the [`RequestScope`], copied in per call into buffers kept between calls
+/// (no allocation once warm).
+#[derive(Default)]
+pub struct Lent {
+    method: http::Method,
+    authority: String,
+    path: String,
+    client: Option<std::net::IpAddr>,
+    tls: Option<LentTls>,
+}
+
+/// [`super::TlsSeen`], owned.
+#[derive(Default)]
+struct LentTls {
+    server_name: Option<String>,
+    alpn: Option<&'static str>,
+    client_subject: Option<String>,
+}
+
+impl Lent {
+    /// Takes in what `call` says of the request.
+    pub(super) fn fill(&mut self, call: &super::Call<'_>) {
+        fn set(buffer: &mut String, text: &str) {
+            buffer.clear();
+            buffer.push_str(text);
+        }
+        fn set_option(buffer: &mut Option<String>, text: Option<&str>) {
+            match text {
+                Some(text) => set(buffer.get_or_insert_with(String::new), text),
+                None => *buffer = None,
+            }
+        }
+        self.method.clone_from(call.method);
+        set(&mut self.authority, call.host);
+        set(&mut self.path, call.path);
+        self.client = Some(call.client);
+        match &call.tls {
+            Some(seen) => {
+                let tls = self.tls.get_or_insert_with(LentTls::default);
+                set_option(&mut tls.server_name, seen.server_name);
+                tls.alpn = seen.alpn;
+                set_option(&mut tls.client_subject, seen.client_subject);
+            }
+            None => self.tls = None,
+        }
+    }
 }
 
 /// The data of each instance's `Store`: what the `host` imports read.
 pub struct HostState {
+    /// The request's parts a 0.3.0 request handle reads.
+    pub(super) lent: Lent,
     pub(super) limits: super::limits::Limiter,
     pub(super) request: Option<RequestScope>,
     pub(super) stats: Arc<[Arc<BackendStats>]>,
@@ -257,5 +316,155 @@ impl v0_2::veer::balancer::host::Host for HostState {
     }
     fn log(&mut self, level: v0_2::veer::balancer::types::LogLevel, message: String) {
         HostState::log(self, level.into(), &message)
+    }
+}
+
+fn stats_v0_3(stats: &BackendStats) -> v0_3::veer::balancer::types::BackendStats {
+    v0_3::veer::balancer::types::BackendStats {
+        in_flight: stats.in_flight(),
+        latency_ewma_us: stats.latency_ewma_us(),
+        latency_peak_ewma_us: stats.latency_peak_ewma_us(),
+        healthy: stats.is_up(),
+    }
+}
+
+impl v0_3::veer::balancer::host::Host for HostState {
+    fn live_stats(&mut self, id: u32) -> Option<v0_3::veer::balancer::types::BackendStats> {
+        HostState::live_stats(self, id).map(stats_v0_3)
+    }
+    fn all_in_flight(&mut self) -> Vec<u32> {
+        HostState::all_stats(self)
+            .iter()
+            .map(|s| s.in_flight())
+            .collect()
+    }
+    fn all_stats(&mut self) -> Vec<v0_3::veer::balancer::types::BackendStats> {
+        HostState::all_stats(self)
+            .iter()
+            .map(|s| stats_v0_3(s))
+            .collect()
+    }
+    fn set_response_header(&mut self, name: String, value: String) -> Result<(), String> {
+        HostState::set_response_header(self, &name, &value)
+    }
+    fn random(&mut self) -> u64 {
+        HostState::random(self)
+    }
+    fn log(&mut self, level: v0_3::veer::balancer::types::LogLevel, message: String) {
+        HostState::log(self, level.into(), &message)
+    }
+}
+
+impl v0_3::veer::http::types::Host for HostState {}
+
+/// The request handle's methods. The handle is only ever lent during
+/// `select` (a borrow the host made); outside a call there is no request
+/// and lookups answer nothing.
+impl v0_3::veer::http::types::HostRequest for HostState {
+    fn method(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+    ) -> v0_3::veer::http::types::Method {
+        self.over_cap();
+        v0_3::veer::http::types::Method::from_http(&self.lent.method)
+    }
+
+    fn authority(&mut self, _: wasmtime::component::Resource<LentRequest>) -> String {
+        if self.over_cap() {
+            return String::new();
+        }
+        self.lent.authority.clone()
+    }
+
+    fn path(&mut self, _: wasmtime::component::Resource<LentRequest>) -> String {
+        if self.over_cap() {
+            return String::new();
+        }
+        self.lent.path.clone()
+    }
+
+    fn query(&mut self, _: wasmtime::component::Resource<LentRequest>) -> String {
+        if self.over_cap() {
+            return String::new();
+        }
+        self.request
+            .as_ref()
+            .and_then(|r| r.uri.query())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn client(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+    ) -> v0_3::veer::http::types::IpAddress {
+        self.over_cap();
+        self.lent
+            .client
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+            .into()
+    }
+
+    fn header(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+        name: String,
+    ) -> Option<String> {
+        HostState::header(self, &name)
+    }
+
+    fn header_all(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+        name: String,
+    ) -> Vec<String> {
+        if self.over_cap() {
+            return Vec::new();
+        }
+        let Some(request) = self.request.as_ref() else {
+            return Vec::new();
+        };
+        request
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+
+    fn cookie(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+        name: String,
+    ) -> Option<String> {
+        HostState::cookie(self, &name)
+    }
+
+    fn query_param(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+        name: String,
+    ) -> Option<String> {
+        HostState::query_param(self, &name)
+    }
+
+    fn tls(
+        &mut self,
+        _: wasmtime::component::Resource<LentRequest>,
+    ) -> Option<v0_3::veer::http::types::TlsInfo> {
+        if self.over_cap() {
+            return None;
+        }
+        let tls = self.lent.tls.as_ref()?;
+        Some(v0_3::veer::http::types::TlsInfo {
+            server_name: tls.server_name.clone(),
+            alpn: tls.alpn.map(str::to_owned),
+            client_subject: tls.client_subject.clone(),
+        })
+    }
+
+    fn drop(&mut self, _: wasmtime::component::Resource<LentRequest>) -> wasmtime::Result<()> {
+        // Only ever lent: the plugin never owns one to drop.
+        Ok(())
     }
 }

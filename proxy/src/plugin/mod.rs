@@ -32,15 +32,15 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::error::PluginError;
 use crate::stats::BackendStats;
-pub use bindings::{Answer, MAX_ANSWER};
-use bindings::{Exports, Pre, v0_1, v0_2, world_of};
+pub use bindings::{Answer, MAX_ANSWER, Verdict};
+use bindings::{Exports, Pre, v0_1, v0_2, v0_3, world_of};
 use cache::Cache;
 pub use host::{HostState, MAX_HOST_CALLS, RequestScope};
 use limits::{Limiter, MemoryBudget};
 use ticker::{EPOCH_TICK, Ticker};
 
 /// The worlds this host serves, newest first.
-pub const WORLDS: &str = "veer:balancer@0.2.0 and veer:balancer@0.1.0";
+pub const WORLDS: &str = "veer:balancer@0.3.0, veer:balancer@0.2.0 and veer:balancer@0.1.0";
 
 /// A backend as pushed to plugins (any world version).
 #[derive(Debug, Clone)]
@@ -120,6 +120,8 @@ impl Runtime {
         v0_1::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
         v0_2::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+        v0_3::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
 
         let ticker = Ticker::start(&engine).map_err(|e| PluginError::engine(e.into()))?;
@@ -207,6 +209,7 @@ impl Runtime {
             ),
         };
         let pre = match world.as_deref() {
+            Some("0.3.0") => Pre::v0_3(instance_pre).map_err(|e| wrong("0.3.0", e))?,
             Some("0.2.0") => Pre::v0_2(instance_pre).map_err(|e| wrong("0.2.0", e))?,
             Some("0.1.0") => Pre::v0_1(instance_pre).map_err(|e| wrong("0.1.0", e))?,
             Some(other) => {
@@ -218,14 +221,15 @@ impl Runtime {
                     ),
                 });
             }
-            None => match Pre::v0_2(instance_pre.clone()) {
-                Ok(pre) => pre,
-                Err(e2) => Pre::v0_1(instance_pre).map_err(|e1| PluginError::WrongWorld {
-                    served: WORLDS,
-                    origin: source.into(),
-                    reason: format!("its exports match neither world: {e2:#}; {e1:#}"),
+            None => Pre::v0_3(instance_pre.clone())
+                .or_else(|e3| Pre::v0_2(instance_pre.clone()).map_err(|e2| (e3, e2)))
+                .or_else(|(e3, e2)| {
+                    Pre::v0_1(instance_pre).map_err(|e1| PluginError::WrongWorld {
+                        served: WORLDS,
+                        origin: source.into(),
+                        reason: format!("its exports match no world: {e3:#}; {e2:#}; {e1:#}"),
+                    })
                 })?,
-            },
         };
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut plugin = Plugin {
@@ -250,12 +254,25 @@ impl Runtime {
                 .map_or(0, |d| d.as_millis() as u64),
             log_budget: Arc::new(log::LogBudget::new(log::PLUGIN_LINES_PER_SECOND)),
             memory: self.memory.clone(),
+            capabilities: Capabilities::default(),
         };
         let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
         probe.start_call(limits.setup_timeout);
-        let (name, version) = match &probe.exports {
-            Exports::V0_1(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
-            Exports::V0_2(b) => b.call_info(&mut probe.store).map(|i| (i.name, i.version)),
+        let (name, version, capabilities) = match &probe.exports {
+            Exports::V0_1(b) => b
+                .call_info(&mut probe.store)
+                .map(|i| (i.name, i.version, Capabilities::default())),
+            Exports::V0_2(b) => b
+                .call_info(&mut probe.store)
+                .map(|i| (i.name, i.version, Capabilities::default())),
+            Exports::V0_3(b) => b.call_info(&mut probe.store).map(|i| {
+                use v0_3::veer::balancer::types::Capabilities as C;
+                let asked = Capabilities {
+                    outcomes: i.capabilities.contains(C::OUTCOMES),
+                    hand_over: i.capabilities.contains(C::HAND_OVER),
+                };
+                (i.name, i.version, asked)
+            }),
         }
         .map_err(|e| PluginError::Trapped {
             plugin: source.into(),
@@ -272,6 +289,7 @@ impl Runtime {
         }
         plugin.name = Arc::from(name.as_str());
         plugin.version = version;
+        plugin.capabilities = capabilities;
         Ok(plugin)
     }
 }
@@ -299,6 +317,44 @@ pub struct Plugin {
     log_budget: Arc<log::LogBudget>,
     /// The process's plugin memory (the runtime's).
     memory: Arc<MemoryBudget>,
+    /// The optional calls it asked for (0.3.0 and later).
+    capabilities: Capabilities,
+}
+
+/// The optional calls a plugin asks the host to make (`veer:balancer@0.3.0`
+/// `capabilities`); none for older worlds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `on-outcome` after every attempt.
+    pub outcomes: bool,
+    /// `export-state` / `import-state` across a swap.
+    pub hand_over: bool,
+}
+
+/// The request a `select` is about, as the plugin may see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The method.
+    pub method: &'a http::Method,
+    /// The host, without a port, lowercased ("" when the request has none).
+    pub host: &'a str,
+    /// The normalised path, without the query.
+    pub path: &'a str,
+    /// The client's address.
+    pub client: std::net::IpAddr,
+    /// The client's TLS connection, `None` for plain HTTP.
+    pub tls: Option<TlsSeen<'a>>,
+}
+
+/// What a request's TLS connection says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsSeen<'a> {
+    /// The SNI the client sent.
+    pub server_name: Option<&'a str>,
+    /// The protocol agreed by ALPN.
+    pub alpn: Option<&'static str>,
+    /// The verified client certificate's subject.
+    pub client_subject: Option<&'a str>,
 }
 
 impl Plugin {
@@ -331,6 +387,10 @@ impl Plugin {
     /// The version the plugin gives itself.
     pub fn version(&self) -> &str {
         &self.version
+    }
+    /// The optional calls it asked for.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
     /// The process's plugin memory, against `plugins.total_memory_mib`.
     pub fn memory(&self) -> &MemoryBudget {
@@ -495,6 +555,7 @@ impl Instance {
         seed: u64,
     ) -> Result<Instance, PluginError> {
         let state = HostState {
+            lent: host::Lent::default(),
             limits: Limiter::new(limits.memory_bytes, plugin.memory.clone()),
             request: None,
             stats,
@@ -569,6 +630,7 @@ impl Instance {
         match &self.exports {
             Exports::V0_1(b) => b.call_init(&mut self.store, config_json),
             Exports::V0_2(b) => b.call_init(&mut self.store, config_json),
+            Exports::V0_3(b) => b.call_init(&mut self.store, config_json),
         }
         .map_err(classify)
     }
@@ -585,6 +647,10 @@ impl Instance {
                 let list: Vec<_> = backends.iter().map(Into::into).collect();
                 b.call_set_backends(&mut self.store, &list)
             }
+            Exports::V0_3(b) => {
+                let list: Vec<_> = backends.iter().map(Into::into).collect();
+                b.call_set_backends(&mut self.store, &list)
+            }
         }
         .map_err(classify)
     }
@@ -593,23 +659,17 @@ impl Instance {
     /// back in all cases.
     pub fn select(
         &mut self,
-        method: &http::Method,
-        host: &str,
-        path: &str,
-        client: std::net::IpAddr,
+        call: &Call<'_>,
         scope: &mut RequestScope,
-    ) -> Result<Answer, CallError> {
+    ) -> Result<Verdict, CallError> {
         self.start_call_ticks(self.select_ticks);
-        self.store.data_mut().request = Some(std::mem::take(scope));
-        let result = bindings::select(
-            &self.exports,
-            self.select,
-            &mut self.store,
-            method,
-            host,
-            path,
-            client,
-        );
+        let state = self.store.data_mut();
+        state.request = Some(std::mem::take(scope));
+        if let Exports::V0_3(_) = self.exports {
+            // The request handle reads these; buffers are reused.
+            state.lent.fill(call);
+        }
+        let result = bindings::select(&self.exports, self.select, &mut self.store, call);
         if let Some(lent) = self.store.data_mut().request.take() {
             *scope = lent;
         }
