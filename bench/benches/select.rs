@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use veer::internals::{
-    BackendInfo, BackendStats, Balancer, BalancerSettings, Instance, Limits, Metrics,
+    BackendInfo, BackendStats, Balancer, BalancerSettings, Call, Instance, Limits, Metrics,
     PluginSettings, Registry, RequestScope, Runtime,
 };
 
@@ -119,18 +119,19 @@ fn select(c: &mut Criterion) {
                 response_headers: Vec::new(),
                 fell_back: false,
                 rejected: false,
+                refused: None,
             };
-            let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+            let call = Call {
+                method: &http::Method::GET,
+                host: "example.com",
+                path: "/api/items",
+                client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                tls: None,
+            };
             group.bench_function(BenchmarkId::new(label, n), |b| {
                 b.iter(|| {
                     scope.response_headers.clear();
-                    black_box(balancer.select(
-                        &http::Method::GET,
-                        "example.com",
-                        "/api/items",
-                        client,
-                        &mut scope,
-                    ))
+                    black_box(balancer.select(&call, &mut scope))
                 })
             });
         }

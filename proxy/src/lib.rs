@@ -362,6 +362,6 @@ pub mod internals {
     pub use crate::control::registry::Registry;
     pub use crate::metrics::Metrics;
     pub use crate::plugin::balancer::{Balancer, BalancerSettings};
-    pub use crate::plugin::{BackendInfo, Instance, Limits, RequestScope, Runtime};
+    pub use crate::plugin::{BackendInfo, Call, Instance, Limits, RequestScope, Runtime};
     pub use crate::stats::BackendStats;
 }
