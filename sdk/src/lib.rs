@@ -5,9 +5,9 @@
 //! implement [`Strategy`] and export it with [`export_strategy!`]:
 //!
 //! ```
-//! use veer_sdk::{export_strategy, Backend, BackendId, Config, Request, Strategy};
+//! use veer_sdk::{export_strategy, Backend, BackendId, Candidates, Config, Rejection, Request, Strategy};
 //!
-//! /// Always prefers the first backend, the others are fallbacks in order.
+//! /// Always prefers the first backend; the others are fallbacks in order.
 //! struct FirstUp(Vec<BackendId>);
 //!
 //! impl Strategy for FirstUp {
@@ -18,11 +18,12 @@
 //!         config.expect_empty()?;
 //!         Ok(FirstUp(Vec::new()))
 //!     }
-//!     fn set_backends(&mut self, backends: Vec<Backend>) {
+//!     fn set_backends(&mut self, backends: &[Backend]) {
 //!         self.0 = backends.iter().map(|b| b.id).collect();
 //!     }
-//!     fn select(&mut self, _request: &Request) -> Vec<BackendId> {
-//!         self.0.clone()
+//!     fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+//!         out.extend(self.0.iter().copied());
+//!         Ok(())
 //!     }
 //! }
 //!
@@ -31,84 +32,24 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`) and drop the `.wasm` file where the Veer configuration names it.
-//! The WIT contract behind this crate is `veer:balancer@0.2.0`
-//! (`wit/0.2.0/` in the Veer repository); its documentation is the reference
-//! for every call.
+//! Test it natively with [`testing::FakeHost`].
+//!
+//! The WIT contract behind this crate is `veer:balancer@0.3.0` (`wit/0.3.0/`
+//! in the Veer repository); its documentation is the reference for every
+//! call. The types here are the SDK's own, not the generated ones, so your
+//! source keeps building when the SDK moves to a newer contract.
 #![deny(missing_docs)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+mod host;
+pub mod testing;
+mod types;
 
-#[doc(hidden)]
-pub mod __private {
-    //! Generated bindings and the glue `export_strategy!` expands to. Not a
-    //! public API: it changes with the WIT world.
-    #![allow(missing_docs)]
-
-    #[allow(clippy::too_many_arguments)] // generated: ipv6 is a tuple of eight u16s
-    pub mod bindings {
-        wit_bindgen::generate!({
-            world: "veer:balancer/balancer@0.2.0",
-            path: "../wit/0.2.0",
-            pub_export_macro: true,
-            export_macro_name: "__veer_export_balancer",
-            default_bindings_module: "veer_sdk::__private::bindings",
-        });
-    }
-
-    pub use bindings::Guest;
-    pub use bindings::veer::balancer::types::PluginInfo;
-    pub use std::cell::RefCell;
-
-    use super::*;
-
-    /// The state of the one strategy instance in this component.
-    pub type Slot<T> = RefCell<Option<T>>;
-
-    pub fn info<T: Strategy>() -> PluginInfo {
-        PluginInfo {
-            name: T::NAME.to_string(),
-            version: T::VERSION.to_string(),
-        }
-    }
-
-    pub fn init<T: Strategy>(slot: &Slot<T>, config: String) -> Result<(), String> {
-        let strategy = T::new(Config { json: config })?;
-        *slot.borrow_mut() = Some(strategy);
-        Ok(())
-    }
-
-    pub fn set_backends<T: Strategy>(slot: &Slot<T>, backends: Vec<Backend>) {
-        if let Some(strategy) = slot.borrow_mut().as_mut() {
-            strategy.set_backends(backends);
-        }
-    }
-
-    pub fn select<T: Strategy>(
-        slot: &Slot<T>,
-        method: Method,
-        host: String,
-        path: String,
-        client: IpAddress,
-    ) -> Vec<BackendId> {
-        let request = Request {
-            method,
-            host,
-            path,
-            client: client.into(),
-        };
-        match slot.borrow_mut().as_mut() {
-            Some(strategy) => strategy.select(&request),
-            // `select` before `init` breaks the host contract; an empty
-            // answer makes the host fall back, which is the safe reaction.
-            None => Vec::new(),
-        }
-    }
-}
-
-use __private::bindings::veer::balancer::host;
-use __private::bindings::veer::balancer::types::IpAddress;
-pub use __private::bindings::veer::balancer::types::{
-    Backend, BackendId, BackendStats, LogLevel, Method,
+pub use host::{
+    Request, all_in_flight, all_stats, backend_stats, log, random, set_response_header,
+};
+pub use types::{
+    Backend, BackendId, BackendStats, Candidates, Capabilities, Failure, LogLevel, Method,
+    Outcome, Rejection, TlsInfo,
 };
 
 /// A load-balancing strategy: orders a pool's backends for each request.
@@ -120,20 +61,46 @@ pub trait Strategy: Sized + 'static {
     const NAME: &'static str;
     /// This plugin's version, e.g. `env!("CARGO_PKG_VERSION")`.
     const VERSION: &'static str;
+    /// Optional calls this strategy wants from the host:
+    /// [`Capabilities::OUTCOMES`] for [`Strategy::on_outcome`],
+    /// [`Capabilities::HAND_OVER`] for [`Strategy::export_state`] and
+    /// [`Strategy::import_state`]. None by default.
+    const CAPABILITIES: Capabilities = Capabilities::NONE;
 
     /// Builds the strategy from the pool's `strategy_config`. Return
     /// `Err(message)` to refuse it; the operator sees the message next to the
     /// pool's name, so say what is wrong and what is accepted.
     fn new(config: Config) -> Result<Self, String>;
 
-    /// Replaces the backend set (at start and when the pool changes; never per
-    /// request). Never empty; ids are dense from 0.
-    fn set_backends(&mut self, backends: Vec<Backend>);
+    /// Replaces the backend set (at start and when the pool changes; never
+    /// per request). Never empty; ids are dense from 0.
+    fn set_backends(&mut self, backends: &[Backend]);
 
-    /// Returns backend ids for this request, best first; the host tries them in
-    /// order. An empty answer makes the host use its own round robin and
-    /// counts as a plugin failure.
-    fn select(&mut self, request: &Request) -> Vec<BackendId>;
+    /// Puts the backends for this request in `out`, best first; the host
+    /// tries them in order. Leaving `out` empty counts as a plugin failure
+    /// (the pool's failure policy serves the request); `Err` says why no
+    /// backend is named (see [`Rejection`]).
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection>;
+
+    /// How an attempt from this instance's answer went. Called only with
+    /// [`Capabilities::OUTCOMES`], once per attempt. Keep it cheap.
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        let _ = outcome;
+    }
+
+    /// State for the next version of this strategy (at most 1 MiB), when
+    /// one that asks for [`Capabilities::HAND_OVER`] replaces this one.
+    fn export_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// State from the version this one replaces, after `new` and
+    /// `set_backends`, before the first `select`. `Err` for state it cannot
+    /// read: the instance starts cold and the message is logged.
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// A pool's strategy configuration, as the JSON text of a TOML table.
@@ -184,112 +151,157 @@ impl Config {
     }
 }
 
-/// The request a backend is being chosen for.
-///
-/// The fields are what every strategy may need; anything else is asked of the
-/// host on demand ([`Request::header`], [`Request::cookie`],
-/// [`Request::query_param`]), so unused parts of a request cost nothing.
-#[derive(Debug)]
-pub struct Request {
-    /// The request method.
-    pub method: Method,
-    /// The host the client asked for, without a port.
-    pub host: String,
-    /// The path, without the query string.
-    pub path: String,
-    /// The client's address (the proxy's downstream peer).
-    pub client: IpAddr,
-}
 
-impl Request {
-    /// The first value of header `name` (case-insensitive), if any.
-    pub fn header(&self, name: &str) -> Option<String> {
-        host::header(name)
+#[doc(hidden)]
+pub mod __private {
+    //! Generated bindings and the glue `export_strategy!` expands to. Not a
+    //! public API: it changes with the WIT world.
+    #![allow(missing_docs)]
+
+    pub mod bindings {
+        wit_bindgen::generate!({
+            world: "veer:balancer/balancer@0.3.0",
+            path: "../wit/0.3.0",
+            pub_export_macro: true,
+            export_macro_name: "__veer_export_balancer",
+            default_bindings_module: "veer_sdk::__private::bindings",
+            generate_all,
+        });
     }
 
-    /// The value of cookie `name`, if any.
-    pub fn cookie(&self, name: &str) -> Option<String> {
-        host::cookie(name)
+    pub use bindings::Guest;
+    use bindings::veer::balancer::types as wit;
+    pub use bindings::veer::http::types::Request as HostRequest;
+    pub use std::cell::RefCell;
+
+    use super::*;
+
+    /// The one strategy instance in this component and its reused answer.
+    pub struct Slot<T> {
+        strategy: Option<T>,
+        candidates: Candidates,
     }
 
-    /// The first value of query parameter `name`, still percent-encoded.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        host::query_param(name)
-    }
-}
-
-impl From<IpAddress> for IpAddr {
-    fn from(ip: IpAddress) -> IpAddr {
-        match ip {
-            IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
-                IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+    impl<T> Slot<T> {
+        pub const fn new() -> Slot<T> {
+            Slot {
+                strategy: None,
+                candidates: Candidates {
+                    ids: Vec::new(),
+                },
             }
         }
     }
-}
 
-/// Live statistics the host keeps for backend `id` of this pool (in-flight
-/// requests, latency, health), shared by all workers; `None` for an unknown id.
-pub fn backend_stats(id: BackendId) -> Option<BackendStats> {
-    host::live_stats(id)
-}
-
-/// Live statistics of every backend of this pool, indexed by id (one host call).
-pub fn all_stats() -> Vec<BackendStats> {
-    host::all_stats()
-}
-
-/// In-flight requests of every backend of this pool, indexed by id: the
-/// cheapest way to compare load across a large pool.
-pub fn all_in_flight() -> Vec<u32> {
-    host::all_in_flight()
-}
-
-/// Adds a header to the response the client gets for the request being
-/// selected for (e.g. `set-cookie`). Only valid inside
-/// [`Strategy::select`]; the error says why a header was refused.
-pub fn set_response_header(name: &str, value: &str) -> Result<(), String> {
-    host::set_response_header(name, value)
-}
-
-/// A random number from the host (seedable there for reproducible tests).
-pub fn random() -> u64 {
-    host::random()
-}
-
-/// Writes `message` to the proxy's log, tagged with this plugin's name.
-/// The host rate-limits plugin logs: do not log per request.
-pub fn log(level: LogLevel, message: &str) {
-    host::log(level, message)
-}
-
-/// Helpers to unit-test a strategy natively with `cargo test`, without a
-/// host. (Host functions such as [`Request::header`] or [`random`] are not
-/// available there: keep the algorithm in functions that take what they need.)
-pub mod testing {
-    use super::{Backend, Method, Request};
-
-    /// `n` backends: ids `0..n`, addresses `10.0.0.<id>:80`, weight 1, no labels.
-    pub fn backends(n: u32) -> Vec<Backend> {
-        (0..n)
-            .map(|id| Backend {
-                id,
-                address: format!("10.0.0.{id}:80"),
-                weight: 1,
-                labels: Vec::new(),
-            })
-            .collect()
+    pub fn info<T: Strategy>() -> wit::PluginInfo {
+        let mut capabilities = wit::Capabilities::empty();
+        if T::CAPABILITIES.contains(Capabilities::OUTCOMES) {
+            capabilities = capabilities | wit::Capabilities::OUTCOMES;
+        }
+        if T::CAPABILITIES.contains(Capabilities::HAND_OVER) {
+            capabilities = capabilities | wit::Capabilities::HAND_OVER;
+        }
+        wit::PluginInfo {
+            name: T::NAME.to_string(),
+            version: T::VERSION.to_string(),
+            capabilities,
+        }
     }
 
-    /// `GET /` for host `example.com` from 192.0.2.1.
-    pub fn request() -> Request {
-        Request {
-            method: Method::Get,
-            host: "example.com".into(),
-            path: "/".into(),
-            client: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+    pub fn init<T: Strategy>(slot: &RefCell<Slot<T>>, config: String) -> Result<(), String> {
+        panics_to_the_log();
+        let strategy = T::new(Config { json: config })?;
+        slot.borrow_mut().strategy = Some(strategy);
+        Ok(())
+    }
+
+    pub fn set_backends<T: Strategy>(slot: &RefCell<Slot<T>>, backends: Vec<wit::Backend>) {
+        let backends: Vec<Backend> = backends
+            .into_iter()
+            .map(|b| Backend {
+                id: b.id,
+                address: b.address,
+                weight: b.weight,
+                labels: b.labels,
+            })
+            .collect();
+        if let Some(strategy) = slot.borrow_mut().strategy.as_mut() {
+            strategy.set_backends(&backends);
         }
+    }
+
+    pub fn select<T: Strategy>(
+        slot: &RefCell<Slot<T>>,
+        request: &HostRequest,
+    ) -> Result<Vec<BackendId>, wit::Rejection> {
+        let mut slot = slot.borrow_mut();
+        let Slot {
+            strategy,
+            candidates,
+        } = &mut *slot;
+        let Some(strategy) = strategy.as_mut() else {
+            // `select` before `init` breaks the host contract.
+            return Err(wit::Rejection::Defer("select before init".into()));
+        };
+        candidates.clear();
+        match strategy.select(&Request::from_host(request), candidates) {
+            Ok(()) => Ok(candidates.to_vec()),
+            Err(Rejection::Refuse(reason)) => Err(wit::Rejection::Refuse(reason)),
+            Err(Rejection::Defer(reason)) => Err(wit::Rejection::Defer(reason)),
+        }
+    }
+
+    pub fn on_outcome<T: Strategy>(slot: &RefCell<Slot<T>>, outcome: wit::Outcome) {
+        let outcome = Outcome {
+            backend: outcome.backend,
+            attempt: outcome.attempt,
+            status: outcome.status,
+            latency_us: outcome.latency_us,
+            failure: outcome.failure.map(|f| match f {
+                wit::Failure::Connect => Failure::Connect,
+                wit::Failure::Timeout => Failure::Timeout,
+                wit::Failure::Reset => Failure::Reset,
+                wit::Failure::Protocol => Failure::Protocol,
+            }),
+        };
+        if let Some(strategy) = slot.borrow_mut().strategy.as_mut() {
+            strategy.on_outcome(&outcome);
+        }
+    }
+
+    pub fn export_state<T: Strategy>(slot: &RefCell<Slot<T>>) -> Vec<u8> {
+        slot.borrow()
+            .strategy
+            .as_ref()
+            .map(|s| s.export_state())
+            .unwrap_or_default()
+    }
+
+    pub fn import_state<T: Strategy>(slot: &RefCell<Slot<T>>, state: Vec<u8>) -> Result<(), String> {
+        match slot.borrow_mut().strategy.as_mut() {
+            Some(strategy) => strategy.import_state(&state),
+            None => Err("import-state before init".into()),
+        }
+    }
+
+    /// A panic becomes one line in Veer's log, with its message and place,
+    /// before the plugin traps (the default hook would read the
+    /// environment and write to stderr, which a plugin has not).
+    fn panics_to_the_log() {
+        #[cfg(target_arch = "wasm32")]
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_default();
+            crate::log(LogLevel::Error, &format!("panicked{place}: {message}"));
+        }));
     }
 }
 
@@ -304,27 +316,33 @@ macro_rules! export_strategy {
             struct __VeerExport;
 
             ::std::thread_local! {
-                static __VEER_SLOT: $crate::__private::Slot<$strategy> =
-                    const { $crate::__private::RefCell::new(None) };
+                static __VEER_SLOT: $crate::__private::RefCell<$crate::__private::Slot<$strategy>> =
+                    const { $crate::__private::RefCell::new($crate::__private::Slot::new()) };
             }
 
             impl $crate::__private::Guest for __VeerExport {
-                fn info() -> $crate::__private::PluginInfo {
+                fn info() -> $crate::__private::bindings::veer::balancer::types::PluginInfo {
                     $crate::__private::info::<$strategy>()
                 }
                 fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
                     __VEER_SLOT.with(|slot| $crate::__private::init::<$strategy>(slot, config))
                 }
-                fn set_backends(backends: ::std::vec::Vec<$crate::Backend>) {
+                fn set_backends(backends: ::std::vec::Vec<$crate::__private::bindings::veer::balancer::types::Backend>) {
                     __VEER_SLOT.with(|slot| $crate::__private::set_backends::<$strategy>(slot, backends))
                 }
                 fn select(
-                    method: $crate::Method,
-                    host: ::std::string::String,
-                    path: ::std::string::String,
-                    client: $crate::__private::bindings::veer::balancer::types::IpAddress,
-                ) -> ::std::vec::Vec<$crate::BackendId> {
-                    __VEER_SLOT.with(|slot| $crate::__private::select::<$strategy>(slot, method, host, path, client))
+                    request: &$crate::__private::HostRequest,
+                ) -> ::std::result::Result<::std::vec::Vec<$crate::BackendId>, $crate::__private::bindings::veer::balancer::types::Rejection> {
+                    __VEER_SLOT.with(|slot| $crate::__private::select::<$strategy>(slot, request))
+                }
+                fn on_outcome(outcome: $crate::__private::bindings::veer::balancer::types::Outcome) {
+                    __VEER_SLOT.with(|slot| $crate::__private::on_outcome::<$strategy>(slot, outcome))
+                }
+                fn export_state() -> ::std::vec::Vec<u8> {
+                    __VEER_SLOT.with(|slot| $crate::__private::export_state::<$strategy>(slot))
+                }
+                fn import_state(state: ::std::vec::Vec<u8>) -> ::std::result::Result<(), ::std::string::String> {
+                    __VEER_SLOT.with(|slot| $crate::__private::import_state::<$strategy>(slot, state))
                 }
             }
 
