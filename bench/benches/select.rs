@@ -108,6 +108,7 @@ fn select(c: &mut Criterion) {
                 instances: 1,
                 on_failure: veer::config::PluginFailure::Fallback,
                 last_good: None,
+                previous: None,
             };
             let balancer = Balancer::new(plugin, settings, metrics.clone()).unwrap();
             let mut headers = http::HeaderMap::new();
@@ -120,6 +121,7 @@ fn select(c: &mut Criterion) {
                 fell_back: false,
                 rejected: false,
                 refused: None,
+                answered_by: None,
             };
             let call = Call {
                 method: &http::Method::GET,

@@ -52,7 +52,7 @@ pub struct Pool {
     /// Live stats, by backend id (shared with the plugin's `live-stats`).
     pub stats: Arc<[Arc<BackendStats>]>,
     /// The strategy.
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     /// HTTPS to the backends, when the pool has `tls`.
     pub tls: Option<crate::upstream::TlsClient>,
     /// How many retries the pool may still make.

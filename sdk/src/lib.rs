@@ -88,15 +88,16 @@ pub trait Strategy: Sized + 'static {
         let _ = outcome;
     }
 
-    /// State for the next version of this strategy (at most 1 MiB), when
-    /// one that asks for [`Capabilities::HAND_OVER`] replaces this one.
+    /// State for the instance replacing this one on its worker (at most
+    /// 1 MiB) when the pool is rebuilt (a new version swapped in, or a
+    /// reload) and both versions ask for [`Capabilities::HAND_OVER`].
     fn export_state(&self) -> Vec<u8> {
         Vec::new()
     }
 
-    /// State from the version this one replaces, after `new` and
-    /// `set_backends`, before the first `select`. `Err` for state it cannot
-    /// read: the instance starts cold and the message is logged.
+    /// State from the instance this one replaces on its worker, after `new`
+    /// and `set_backends`, before the first `select`. `Err` for state it
+    /// cannot read: the instance starts cold and the message is logged.
     fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
         let _ = state;
         Ok(())

@@ -393,6 +393,7 @@ impl Registry {
                 last_good: before
                     .filter(|b| b.config == *pool)
                     .and_then(|b| b.balancer.last_good()),
+                previous: before.map(|b| b.balancer.clone()),
             };
             let balancer =
                 Balancer::new(plugin, settings, metrics.clone()).map_err(|e| match e {
@@ -417,7 +418,7 @@ impl Registry {
                 log,
                 config: pool.clone(),
                 stats,
-                balancer,
+                balancer: Arc::new(balancer),
                 tls,
                 budget: RetryBudget::new(&pool.retry, config.server.workers),
                 traffic: PoolTraffic::new(pool.backends.len()),

@@ -42,6 +42,7 @@ use super::observe::Outcome;
 use super::{policy, rewrite};
 use crate::config::AllDown;
 use crate::metrics::Metrics;
+use crate::plugin::{AttemptFailure, AttemptOutcome};
 use crate::state::{Pool, Shared};
 use crate::stats::{Admission, now_ms};
 use crate::upstream::{
@@ -105,8 +106,30 @@ pub(super) async fn forward(
     pool: &Pool,
     candidates: &[u32],
     outgoing: Outgoing<'_>,
+    answered_by: Option<u64>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
+    // The plugin hears how each attempt from its answer went, if it asked.
+    let tell_plugin =
+        |id: u32, attempt: u32, status: Option<u16>, latency, error: Option<&UpstreamError>| {
+            if let Some(instance) = answered_by {
+                pool.balancer.outcome(
+                    instance,
+                    &AttemptOutcome {
+                        backend: id,
+                        attempt,
+                        status,
+                        latency,
+                        failure: error.map(|e| match e {
+                            UpstreamError::Connect { .. } => AttemptFailure::Connect,
+                            UpstreamError::TimedOut { .. } => AttemptFailure::Timeout,
+                            UpstreamError::InvalidResponse { .. } => AttemptFailure::Protocol,
+                            _ => AttemptFailure::Reset,
+                        }),
+                    },
+                );
+            }
+        };
     let Outgoing {
         parts,
         body,
@@ -260,6 +283,7 @@ pub(super) async fn forward(
                 stats.record_latency(latency);
                 let status = exchange.response.status();
                 pool.traffic.response(id as usize, status.as_u16(), latency);
+                tell_plugin(id, attempts, Some(status.as_u16()), latency, None);
                 if config.ejection.counts_status(status.as_u16()) {
                     backend_failed(ctx, pool, id, probe, &format!("answered {status}"));
                 } else if stats.record_success() {
@@ -295,6 +319,7 @@ pub(super) async fn forward(
         };
         drop(in_flight);
         pool.traffic.failure(id as usize);
+        tell_plugin(id, attempts, None, started.elapsed(), Some(&failure.error));
         outcome.step(|| format!("{} failed: {}", backend.address, failure.error));
         // The client's fault is the client's answer, whatever the backend did.
         if let Some(failed) = progress.as_ref().and_then(|p| p.failure()) {

@@ -266,6 +266,7 @@ async fn handle_in(
         fell_back: false,
         rejected: false,
         refused: None,
+        answered_by: None,
     };
     let call = crate::plugin::Call {
         method: &parts.method,
@@ -304,6 +305,7 @@ async fn handle_in(
     parts.headers = scope.headers;
     let plugin_headers = scope.response_headers;
     let fell_back = scope.fell_back;
+    let answered_by = scope.answered_by;
     if traced {
         seen.outcome.steps = Some(Vec::new());
     }
@@ -388,6 +390,7 @@ async fn handle_in(
             progress,
             client_upgrade: client_upgrade.map(|upgrade| (upgrade, &conn.slot)),
         },
+        answered_by,
         &mut seen.outcome,
     )
     .await;

@@ -157,6 +157,9 @@ metrics! {
     /// Requests answered 503 because the plugin refused them (0.3.0
     /// `refuse`: no backend of the pool may serve them).
     plugin_refused_requests,
+    /// Plugin instances that took over the state of the instance they
+    /// replaced on their worker (0.3.0 `hand-over`).
+    plugin_state_hand_overs,
     /// Requests whose backend order came from the host's round robin instead
     /// of the plugin (after a failure, or while the plugin is backing off).
     fallback_selections,

@@ -454,6 +454,55 @@ unsafe impl wasmtime::component::Lift for Answer {
 mod tests {
     use super::*;
 
+    /// Released WIT is never edited: every file under a released version's
+    /// folder is listed in `wit/RELEASED.sha256` with its hash, and nothing
+    /// else is there. (A new version gets its lines when it is released.)
+    #[test]
+    fn released_wit_files_are_never_edited() {
+        use sha2::Digest;
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let listed = std::fs::read_to_string(wit.join("RELEASED.sha256")).unwrap();
+        let mut versions = std::collections::BTreeSet::new();
+        let mut files = std::collections::BTreeSet::new();
+        for line in listed.lines().filter(|l| !l.trim().is_empty()) {
+            let (hash, path) = line.split_once("  ").expect("`sha256  path` lines");
+            let bytes = std::fs::read(wit.join(path))
+                .unwrap_or_else(|e| panic!("released file {path} is gone: {e}"));
+            let actual: String = sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                actual, hash,
+                "{path} was edited after release: put changes in a new version"
+            );
+            versions.insert(path.split('/').next().unwrap().to_string());
+            files.insert(path.to_string());
+        }
+        assert!(versions.contains("0.1.0") && versions.contains("0.2.0"));
+        for version in &versions {
+            let mut stack = vec![wit.join(version)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let relative = path
+                        .strip_prefix(&wit)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    assert!(
+                        files.contains(&relative),
+                        "{relative} was added to released version {version}"
+                    );
+                }
+            }
+        }
+    }
+
     /// `n` little-endian ids 0, 1, 2, … at `ptr` in a memory of `size` bytes.
     fn memory_with_list(size: usize, ptr: usize, n: u32) -> Vec<u8> {
         let mut memory = vec![0; size];

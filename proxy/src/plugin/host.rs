@@ -55,6 +55,9 @@ pub struct RequestScope {
     /// Set, with the plugin's reason, when the plugin refused the request
     /// (0.3.0 `refuse`): the order is empty and the request gets a 503.
     pub refused: Option<String>,
+    /// The instance whose answer is used, when its plugin asked to hear how
+    /// each attempt went (0.3.0 `on-outcome`).
+    pub answered_by: Option<u64>,
 }
 
 /// The request lent to a `veer:balancer@0.3.0` plugin for a `select`

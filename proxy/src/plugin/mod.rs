@@ -331,6 +331,38 @@ pub struct Capabilities {
     pub hand_over: bool,
 }
 
+/// Largest state handed from one plugin version to the next (0.3.0
+/// `export-state`): a larger one is not handed over.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// How one attempt went, for plugins that ask (0.3.0 `on-outcome`).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptOutcome {
+    /// The backend tried.
+    pub backend: u32,
+    /// 1 for the first attempt of a request.
+    pub attempt: u32,
+    /// The response status, when response headers arrived.
+    pub status: Option<u16>,
+    /// To the response headers or the failure.
+    pub latency: Duration,
+    /// Why no response came.
+    pub failure: Option<AttemptFailure>,
+}
+
+/// How an attempt failed before a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// No connection.
+    Connect,
+    /// No response in time.
+    Timeout,
+    /// The connection broke.
+    Reset,
+    /// Not valid HTTP.
+    Protocol,
+}
+
 /// The request a `select` is about, as the plugin may see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -536,6 +568,8 @@ fn describe_trap(err: &wasmtime::Error) -> String {
 
 /// One instance of a plugin with its own `Store`. Not shared between threads.
 pub struct Instance {
+    /// Unique in the process: tells an outcome's instance from a newer one.
+    id: u64,
     store: Store<HostState>,
     exports: Exports,
     select: wasmtime::component::Func,
@@ -583,7 +617,9 @@ impl Instance {
                     call: "instantiate",
                     reason: describe_trap(&e),
                 })?;
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Instance {
+            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             store,
             exports,
             select,
@@ -611,6 +647,11 @@ impl Instance {
         state.overtime = None;
         state.window_ticks = window;
         self.store.set_epoch_deadline(deadline);
+    }
+
+    /// This instance's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Fuel (≈ Wasm instructions) the last call burnt.
@@ -653,6 +694,61 @@ impl Instance {
             }
         }
         .map_err(classify)
+    }
+
+    /// Tells the plugin how an attempt from its answer went (0.3.0
+    /// `on-outcome`, under `select`'s deadline). Only for plugins that ask;
+    /// older worlds have no such call.
+    pub fn on_outcome(&mut self, outcome: &AttemptOutcome) -> Result<(), CallError> {
+        if !matches!(self.exports, Exports::V0_3(_)) {
+            return Ok(());
+        }
+        use v0_3::veer::balancer::types::{Failure, Outcome};
+        let outcome = Outcome {
+            backend: outcome.backend,
+            attempt: outcome.attempt,
+            status: outcome.status,
+            latency_us: outcome.latency.as_micros().min(u64::MAX as u128) as u64,
+            failure: outcome.failure.map(|f| match f {
+                AttemptFailure::Connect => Failure::Connect,
+                AttemptFailure::Timeout => Failure::Timeout,
+                AttemptFailure::Reset => Failure::Reset,
+                AttemptFailure::Protocol => Failure::Protocol,
+            }),
+        };
+        self.start_call_ticks(self.select_ticks);
+        let Exports::V0_3(b) = &self.exports else {
+            return Ok(());
+        };
+        b.call_on_outcome(&mut self.store, outcome)
+            .map_err(classify)
+    }
+
+    /// The plugin's state for its next version (0.3.0 `export-state`, under
+    /// `timeout`);
+    /// `None` for older worlds or a state over [`MAX_STATE_BYTES`].
+    pub fn export_state(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, CallError> {
+        self.start_call(timeout);
+        let Exports::V0_3(b) = &self.exports else {
+            return Ok(None);
+        };
+        let state = b.call_export_state(&mut self.store).map_err(classify)?;
+        Ok((state.len() <= MAX_STATE_BYTES).then_some(state))
+    }
+
+    /// Gives the plugin its previous version's state (0.3.0
+    /// `import-state`, under `timeout`). `Ok(Err(msg))`: the plugin could not read it.
+    pub fn import_state(
+        &mut self,
+        state: &[u8],
+        timeout: Duration,
+    ) -> Result<Result<(), String>, CallError> {
+        self.start_call(timeout);
+        let Exports::V0_3(b) = &self.exports else {
+            return Ok(Ok(()));
+        };
+        b.call_import_state(&mut self.store, state)
+            .map_err(classify)
     }
 
     /// Calls `select`. `scope` is lent to the plugin for the call and handed

@@ -37,8 +37,16 @@ use crate::plugin::{
 };
 use crate::stats::BackendStats;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+mod feedback;
+mod judge;
+mod recipe;
+
+use judge::{judge, keep_valid};
+pub use recipe::LastGood;
+use recipe::Recipe;
+
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A new plugin version that fails this often (over all workers) ...
 pub const ROLLBACK_AFTER: u64 = 5;
 /// ... this soon after it was swapped in is rolled back to the last good
@@ -71,157 +79,9 @@ pub struct Balancer {
     made: Instant,
     /// Set once this version was rolled back: the last good one serves.
     rolled_back: AtomicBool,
-}
-
-/// A plugin version kept in memory to fall back on: what builds its
-/// instances (with the backend set it had, which is the pool's too).
-#[derive(Clone)]
-pub struct LastGood(Arc<Recipe>);
-
-/// What it takes to build an instance, and the instances built and not yet
-/// taken by a worker. Shared with the threads that build them.
-struct Recipe {
-    plugin: Arc<Plugin>,
-    config_json: String,
-    backends: Vec<BackendInfo>,
-    stats: Arc<[Arc<BackendStats>]>,
-    limits: Limits,
-    seed: u64,
-    instantiations: AtomicU64,
-    metrics: Arc<Metrics>,
-    ready: Mutex<Vec<Instance>>,
-    /// Builds under way.
-    building: AtomicUsize,
-    /// Builds aside that failed in a row, and the time (`now_ms`) before
-    /// which no other is started: a version whose `init` keeps failing
-    /// does not keep threads busy.
-    build_failures: AtomicU64,
-    next_build_ms: AtomicU64,
-    /// The host's lines about failed builds.
-    build_log: LogBudget,
-}
-
-/// Most instance builds under way at once for one pool.
-const MAX_BUILDING: usize = 2;
-
-impl Recipe {
-    /// A ready instance: instantiated, initialised, given the backends.
-    fn build(&self) -> Result<Instance, PluginError> {
-        let n = self.instantiations.fetch_add(1, Ordering::Relaxed);
-        Metrics::inc(&self.metrics.plugin_instantiations);
-        let seed = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut instance = Instance::new(&self.plugin, self.stats.clone(), self.limits, seed)?;
-        let name = self.plugin.name();
-        let trapped = |call, e: CallError| PluginError::Trapped {
-            plugin: name.to_string(),
-            call,
-            reason: e.to_string(),
-        };
-        instance
-            .init(&self.config_json)
-            .map_err(|e| trapped("init", e))?
-            .map_err(|message| PluginError::Refused {
-                plugin: name.to_string(),
-                message,
-            })?;
-        instance
-            .set_backends(&self.backends)
-            .map_err(|e| trapped("set-backends", e))?;
-        Ok(instance)
-    }
-
-    /// An instance built earlier, if one is ready; taking the last one
-    /// starts building the next spare.
-    fn take(self: &Arc<Recipe>) -> Option<Instance> {
-        let (instance, left) = {
-            let mut ready = self.ready.lock().ok()?;
-            (ready.pop(), ready.len())
-        };
-        if instance.is_some() && left == 0 {
-            self.build_aside();
-        }
-        instance
-    }
-
-    /// Builds one more instance on a thread of its own (unless enough are
-    /// being built, or builds keep failing and are backing off), for a
-    /// worker that lost its own or to refill the spare.
-    fn build_aside(self: &Arc<Recipe>) {
-        if crate::stats::now_ms() < self.next_build_ms.load(Ordering::Relaxed) {
-            return;
-        }
-        if self.building.fetch_add(1, Ordering::AcqRel) >= MAX_BUILDING {
-            self.building.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        let recipe = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("veer-plugin-build".into())
-            .spawn(move || {
-                match recipe.build() {
-                    Ok(instance) => {
-                        recipe.build_failures.store(0, Ordering::Relaxed);
-                        if let Ok(mut ready) = recipe.ready.lock() {
-                            ready.push(instance);
-                        }
-                    }
-                    Err(e) => {
-                        let failures = recipe.build_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                        let wait = (BACKOFF_MIN * (1 << failures.min(10))).min(BACKOFF_MAX);
-                        recipe.next_build_ms.store(
-                            crate::stats::now_ms() + wait.as_millis() as u64,
-                            Ordering::Relaxed,
-                        );
-                        if let Some(dropped) = recipe.build_log.allow() {
-                            tracing::warn!(
-                                plugin = recipe.plugin.name(),
-                                dropped = (dropped > 0).then_some(dropped),
-                                "a new instance could not be built ({e}); next try in {} ms",
-                                wait.as_millis()
-                            );
-                        }
-                    }
-                }
-                recipe.building.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            self.building.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Builds instances on the calling thread until `count` are ready (in
-    /// parallel); the first error is returned.
-    fn fill(&self, count: usize) -> Result<(), PluginError> {
-        let have = self.ready.lock().map_or(0, |r| r.len());
-        let built: Vec<Result<Instance, PluginError>> = std::thread::scope(|scope| {
-            let builders: Vec<_> = (have..count)
-                .map(|_| scope.spawn(|| self.build()))
-                .collect();
-            builders
-                .into_iter()
-                .map(|b| {
-                    b.join().unwrap_or_else(|_| {
-                        Err(PluginError::Trapped {
-                            plugin: self.plugin.name().to_string(),
-                            call: "init",
-                            reason: "building the instance panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
-        let mut ready = self.ready.lock().map_err(|_| PluginError::Trapped {
-            plugin: self.plugin.name().to_string(),
-            call: "init",
-            reason: "a builder panicked".into(),
-        })?;
-        for instance in built {
-            ready.push(instance?);
-        }
-        Ok(())
-    }
+    /// The balancer this one replaced, while its workers' instances may
+    /// still hand their state over (see `feedback.rs`).
+    hand_over_from: Mutex<Option<Arc<Balancer>>>,
 }
 
 /// One worker thread's view of the plugin.
@@ -268,6 +128,9 @@ pub struct BalancerSettings<'a> {
     pub on_failure: PluginFailure,
     /// The version to fall back on (see [`Balancer::last_good`]).
     pub last_good: Option<LastGood>,
+    /// The balancer this one replaces, if any: its instances hand their
+    /// state over when both plugins ask (0.3.0 `hand-over`).
+    pub previous: Option<Arc<Balancer>>,
 }
 
 impl Balancer {
@@ -284,6 +147,7 @@ impl Balancer {
                 .map_or(1, |d| d.as_nanos() as u64),
             s => s,
         };
+        let plugin_for_hand_over = plugin.clone();
         let recipe = Arc::new(Recipe {
             plugin,
             config_json: settings.config_json.to_string(),
@@ -333,6 +197,10 @@ impl Balancer {
             failures: AtomicU64::new(0),
             made: Instant::now(),
             rolled_back: AtomicBool::new(false),
+            hand_over_from: Mutex::new(feedback::hand_over_source(
+                &plugin_for_hand_over,
+                settings.previous,
+            )),
         })
     }
 
@@ -412,7 +280,13 @@ impl Balancer {
         }
         if slot.instance.is_none() {
             match self.recipe.take() {
-                Some(instance) => slot.instance = Some(instance),
+                Some(mut instance) => {
+                    if !self.warm(&mut instance) {
+                        self.recipe.build_aside();
+                        return self.instead(slot, &request, scope);
+                    }
+                    slot.instance = Some(instance);
+                }
                 None => {
                     // Being built aside: the failure policy serves meanwhile.
                     self.recipe.build_aside();
@@ -426,6 +300,7 @@ impl Balancer {
             .flatten();
         let instance = slot.instance.as_mut().expect("set just above");
         let started = Instant::now();
+        let instance_id = instance.id();
         let answer = instance.select(&request, scope);
         let took = started.elapsed();
         self.traffic.selected(took);
@@ -502,6 +377,9 @@ impl Balancer {
                 match strike {
                     Some(strike) => self.failed(slot, &strike, false),
                     None => slot.failures = 0,
+                }
+                if self.recipe.plugin.capabilities().outcomes {
+                    scope.answered_by = Some(instance_id);
                 }
                 ids
             }
@@ -585,6 +463,9 @@ impl Balancer {
                 }
                 scope.fell_back = true;
                 Metrics::inc(&self.metrics.last_good_selections);
+                if recipe.plugin.capabilities().outcomes {
+                    scope.answered_by = Some(instance.id());
+                }
                 ids
             }
             Err(_) => {
@@ -656,92 +537,5 @@ impl Balancer {
         let start = (slot.fallback_next % n as usize) as u32;
         slot.fallback_next = slot.fallback_next.wrapping_add(1);
         (0..n).map(|i| (start + i) % n).collect()
-    }
-}
-
-/// How a call that took `took` (wall) against `budget` is judged: `None`
-/// by the fuel it burnt (the caller's check), `Some(slow)` by what the
-/// thread ran (`ran`, when this worker was timing calls): a descheduled
-/// host is not the plugin's fault, time in its host calls (which burns no
-/// fuel) is. A call over the budget makes the worker
-/// time its next [`TIMED_CALLS`] calls.
-fn judge(
-    budget: Duration,
-    timed_calls: &mut u32,
-    took: Duration,
-    ran: Option<Duration>,
-) -> Option<bool> {
-    let over = took > budget;
-    let timed = *timed_calls > 0;
-    *timed_calls = if over {
-        TIMED_CALLS
-    } else {
-        timed_calls.saturating_sub(1)
-    };
-    match ran {
-        Some(ran) if timed => Some(over && ran > budget),
-        _ => None,
-    }
-}
-
-/// Drops ids `>= n` and repeats, keeping the order.
-fn keep_valid(ids: &mut Vec<u32>, n: usize) {
-    // A bitset of ids seen; on the stack for pools of up to 256 backends.
-    let words = n.div_ceil(64);
-    let mut small = [0u64; 4];
-    let mut large = Vec::new();
-    let seen: &mut [u64] = if words <= small.len() {
-        &mut small[..words]
-    } else {
-        large.resize(words, 0);
-        &mut large
-    };
-    ids.retain(|&id| {
-        let id = id as usize;
-        if id >= n || seen[id / 64] & (1 << (id % 64)) != 0 {
-            return false;
-        }
-        seen[id / 64] |= 1 << (id % 64);
-        true
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::keep_valid;
-
-    #[test]
-    fn a_call_over_budget_is_judged_by_fuel_then_the_next_ones_by_thread_cpu_time() {
-        use super::{TIMED_CALLS, judge};
-        use std::time::Duration;
-        let ms = Duration::from_millis;
-        let budget = Duration::from_micros(500);
-        let mut timed = 0;
-        // Under the budget, not timed: nothing to judge by CPU.
-        assert_eq!(judge(budget, &mut timed, ms(0), None), None);
-        assert_eq!(timed, 0);
-        // Over the budget, not timed yet: fuel decides; the next are timed.
-        assert_eq!(judge(budget, &mut timed, ms(3), None), None);
-        assert_eq!(timed, TIMED_CALLS);
-        // Timed and over: the thread ran it (host calls included): slow.
-        assert_eq!(judge(budget, &mut timed, ms(3), Some(ms(3))), Some(true));
-        // Timed and over, but the thread hardly ran: descheduled, not slow.
-        assert_eq!(
-            judge(budget, &mut timed, ms(3), Some(Duration::from_micros(20))),
-            Some(false)
-        );
-        // Timed and under: fast; timing winds down call by call.
-        assert_eq!(
-            judge(budget, &mut timed, Duration::ZERO, Some(Duration::ZERO)),
-            Some(false)
-        );
-        assert_eq!(timed, TIMED_CALLS - 1);
-    }
-
-    #[test]
-    fn unknown_and_repeated_ids_are_dropped_in_order() {
-        let mut ids = vec![2, 9, 0, 2, 1, 0, 70];
-        keep_valid(&mut ids, 3);
-        assert_eq!(ids, vec![2, 0, 1]);
     }
 }
