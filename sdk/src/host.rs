@@ -201,7 +201,10 @@ pub fn backend_stats(id: BackendId) -> Option<BackendStats> {
 /// call).
 pub fn all_stats() -> Vec<BackendStats> {
     on_host!(
-        wit::all_stats().into_iter().map(stats_from).collect::<Vec<_>>(),
+        wit::all_stats()
+            .into_iter()
+            .map(stats_from)
+            .collect::<Vec<_>>(),
         |f| f.stats.clone()
     )
 }

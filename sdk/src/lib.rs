@@ -48,8 +48,8 @@ pub use host::{
     Request, all_in_flight, all_stats, backend_stats, log, random, set_response_header,
 };
 pub use types::{
-    Backend, BackendId, BackendStats, Candidates, Capabilities, Failure, LogLevel, Method,
-    Outcome, Rejection, TlsInfo,
+    Backend, BackendId, BackendStats, Candidates, Capabilities, Failure, LogLevel, Method, Outcome,
+    Rejection, TlsInfo,
 };
 
 /// A load-balancing strategy: orders a pool's backends for each request.
@@ -152,7 +152,6 @@ impl Config {
     }
 }
 
-
 #[doc(hidden)]
 pub mod __private {
     //! Generated bindings and the glue `export_strategy!` expands to. Not a
@@ -183,13 +182,17 @@ pub mod __private {
         candidates: Candidates,
     }
 
+    impl<T> Default for Slot<T> {
+        fn default() -> Slot<T> {
+            Slot::new()
+        }
+    }
+
     impl<T> Slot<T> {
         pub const fn new() -> Slot<T> {
             Slot {
                 strategy: None,
-                candidates: Candidates {
-                    ids: Vec::new(),
-                },
+                candidates: Candidates { ids: Vec::new() },
             }
         }
     }
@@ -278,7 +281,10 @@ pub mod __private {
             .unwrap_or_default()
     }
 
-    pub fn import_state<T: Strategy>(slot: &RefCell<Slot<T>>, state: Vec<u8>) -> Result<(), String> {
+    pub fn import_state<T: Strategy>(
+        slot: &RefCell<Slot<T>>,
+        state: Vec<u8>,
+    ) -> Result<(), String> {
         match slot.borrow_mut().strategy.as_mut() {
             Some(strategy) => strategy.import_state(&state),
             None => Err("import-state before init".into()),

@@ -355,6 +355,14 @@ impl Candidates {
     }
 }
 
+/// Bounded like [`Candidates::extend`]: ids past [`Candidates::MAX`] are
+/// dropped.
+impl Extend<BackendId> for Candidates {
+    fn extend<I: IntoIterator<Item = BackendId>>(&mut self, ids: I) {
+        Candidates::extend(self, ids);
+    }
+}
+
 impl std::ops::Deref for Candidates {
     type Target = [BackendId];
     fn deref(&self) -> &[BackendId] {

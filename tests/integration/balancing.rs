@@ -142,6 +142,24 @@ async fn a_plugin_built_for_the_older_world_0_1_0_still_loads_and_balances() {
     assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
 }
 
+#[tokio::test]
+async fn a_plugin_built_for_the_older_world_0_2_0_still_loads_and_balances() {
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
+    let fixture = format!(
+        "{}/../tests/fixtures/round-robin-wit-0.2.0.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[plugins]\nload = [\"{fixture}\"]\nallow_override_builtin = true\n\
+         [pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        addresses(&[&a, &b, &c])
+    ))
+    .await;
+    let seen = seven_backends_seen(Client::h1(proxy.addr).await).await;
+    assert_eq!(seen, ["a", "b", "c", "a", "b", "c", "a"]);
+    assert_eq!(proxy.metrics.snapshot().fallback_selections, 0);
+}
+
 #[test]
 fn check_names_the_world_each_plugin_was_built_for() {
     let fixture = format!(
@@ -160,7 +178,7 @@ fn check_names_the_world_each_plugin_was_built_for() {
         "{text}"
     );
     assert!(
-        text.contains("strategy round-robin 0.1.0 (veer:balancer@0.2.0"),
+        text.contains("strategy round-robin 0.1.0 (veer:balancer@0.3.0"),
         "{text}"
     );
 }

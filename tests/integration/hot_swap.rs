@@ -313,7 +313,7 @@ fn plugin_check_prints_name_version_world_and_the_init_result() {
     assert!(ok, "{text}");
     assert!(
         text.contains("plugin: zone-affinity 0.1.0")
-            && text.contains("world:  veer:balancer@0.2.0")
+            && text.contains("world:  veer:balancer@0.3.0")
             && text.contains("init:   ok"),
         "{text}"
     );

@@ -5,6 +5,7 @@ mod acme;
 mod admin;
 mod balancing;
 mod config;
+mod contract;
 mod dashboard;
 mod forwarding;
 mod h2_upstream;

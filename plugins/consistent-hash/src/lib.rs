@@ -11,7 +11,9 @@
 //! one, else from its address: give backends a `hash_key` to keep their keys
 //! when their address changes.
 use serde::Deserialize;
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
+};
 use veer_strategy_kit::{Distinct, Ketama, Maglev, bounded, hash};
 
 /// `strategy_config` of `consistent-hash`.
@@ -182,23 +184,24 @@ impl Strategy for ConsistentHash {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
-        self.build(&backends);
+    fn set_backends(&mut self, backends: &[Backend]) {
+        self.build(backends);
     }
 
-    fn select(&mut self, request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
         let value = match &self.key {
             Key::ClientIp => None,
-            Key::Path => Some(request.path.clone()),
+            Key::Path => Some(request.path()),
             Key::Header(name) => request.header(name),
             Key::Cookie(name) => request.cookie(name),
             Key::Query(name) => request.query_param(name),
         };
         let key = value.map_or_else(
-            || request.client.to_string().into_bytes(),
+            || request.client().to_string().into_bytes(),
             String::into_bytes,
         );
-        self.order(&key, veer_sdk::all_in_flight)
+        out.extend(self.order(&key, veer_sdk::all_in_flight));
+        Ok(())
     }
 }
 
@@ -208,10 +211,43 @@ export_strategy!(ConsistentHash);
 mod tests {
     use super::*;
 
+    use veer_sdk::testing::{FakeHost, FakeRequest, backends};
+
     fn strategy(config: &str, n: u32) -> ConsistentHash {
         let mut s = ConsistentHash::new(Config::new(config)).unwrap();
-        s.set_backends(veer_sdk::testing::backends(n));
+        s.set_backends(&backends(n));
         s
+    }
+
+    #[test]
+    fn the_same_user_header_always_goes_to_the_same_backend_and_users_spread() {
+        let mut host = FakeHost::new();
+        let mut s = strategy(r#"{"key":"header:x-user"}"#, 8);
+        let mut owner = |user: &str| {
+            host.select(&mut s, &FakeRequest::get("/").header("x-user", user))
+                .unwrap()[0]
+        };
+        let alice = owner("alice");
+        assert!((0..20).all(|_| owner("alice") == alice));
+        let owners: std::collections::HashSet<u32> =
+            (0..100).map(|i| owner(&format!("user-{i}"))).collect();
+        assert!(owners.len() >= 6, "{owners:?}");
+    }
+
+    #[test]
+    fn without_the_key_the_client_address_is_hashed() {
+        let mut host = FakeHost::new();
+        let mut s = strategy(r#"{"key":"cookie:session"}"#, 8);
+        let from = |ip: [u8; 4]| FakeRequest::get("/").client(std::net::Ipv4Addr::from(ip));
+        let a = host.select(&mut s, &from([192, 0, 2, 1])).unwrap();
+        assert_eq!(host.select(&mut s, &from([192, 0, 2, 1])).unwrap(), a);
+        let with_cookie = from([192, 0, 2, 1]).cookie("session", "s-1");
+        let b = host.select(&mut s, &with_cookie).unwrap();
+        assert_eq!(
+            host.select(&mut s, &from([198, 51, 100, 9]).cookie("session", "s-1"))
+                .unwrap(),
+            b
+        );
     }
 
     #[test]
@@ -239,24 +275,14 @@ mod tests {
 
     #[test]
     fn a_hash_key_label_places_a_backend_whatever_its_address() {
-        let backend = |address: &str| Backend {
-            id: 0,
-            address: address.into(),
-            weight: 1,
-            labels: vec![("hash_key".into(), "a".into())],
-        };
-        let other = Backend {
-            id: 1,
-            address: "10.0.0.9:80".into(),
-            weight: 1,
-            labels: vec![],
-        };
+        let backend = |address: &str| Backend::new(0, address).with_label("hash_key", "a");
+        let other = Backend::new(1, "10.0.0.9:80");
         let mut s = ConsistentHash::new(Config::new("{}")).unwrap();
-        s.set_backends(vec![backend("10.0.0.1:80"), other.clone()]);
+        s.set_backends(&[backend("10.0.0.1:80"), other.clone()]);
         let before: Vec<u32> = (0..50u32)
             .map(|k| s.order(&k.to_le_bytes(), Vec::new)[0])
             .collect();
-        s.set_backends(vec![backend("10.9.9.9:8080"), other]);
+        s.set_backends(&[backend("10.9.9.9:8080"), other]);
         let after: Vec<u32> = (0..50u32)
             .map(|k| s.order(&k.to_le_bytes(), Vec::new)[0])
             .collect();

@@ -8,10 +8,17 @@
 //! otherwise every backend is eligible. Within the subset, `inner`
 //! (`round-robin`, `random`, `least-connections`) orders them; only the
 //! subset is returned, so traffic never leaks to another version.
+//!
+//! A rule or split entry whose labels no backend carries refuses its
+//! requests (`Rejection::Refuse`: the client gets a 503 naming the labels)
+//! rather than send them to other backends. Backends of the subset that are
+//! down are the host's to skip, under the pool's `when_all_down`.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use veer_sdk::{Backend, BackendId, Config, Method, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
+};
 use veer_strategy_kit::{Inner, weighted_index};
 
 /// `strategy_config` of `content-route`.
@@ -76,22 +83,19 @@ pub struct ContentRoute {
     turns: Vec<usize>,
 }
 
-/// The request facts a rule may test; asked of the host lazily.
-pub trait Facts {
-    /// The request method.
-    fn method(&self) -> &str;
-    /// The path.
-    fn path(&self) -> &str;
-    /// A header, cookie or query value (`kind`: 0, 1, 2).
-    fn value(&self, kind: usize, name: &str) -> Option<String>;
-}
-
 impl Rule {
-    fn matches(&self, facts: &dyn Facts) -> bool {
-        let named = [&self.header, &self.cookie, &self.query];
-        let value_ok = named.iter().enumerate().all(|(kind, name)| match name {
+    /// Whether `request` meets every condition given; each value is asked
+    /// of the host only when a condition needs it.
+    fn matches(&self, request: &Request<'_>) -> bool {
+        type Lookup = fn(&Request<'_>, &str) -> Option<String>;
+        let lookups: [(&Option<String>, Lookup); 3] = [
+            (&self.header, |r, n| r.header(n)),
+            (&self.cookie, |r, n| r.cookie(n)),
+            (&self.query, |r, n| r.query_param(n)),
+        ];
+        let value_ok = lookups.iter().all(|(name, look)| match name {
             None => true,
-            Some(name) => match (facts.value(kind, name), &self.equals) {
+            Some(name) => match (look(request, name), &self.equals) {
                 (Some(v), Some(want)) => v == *want,
                 (Some(_), None) => true,
                 (None, _) => false,
@@ -101,12 +105,21 @@ impl Rule {
             && self
                 .path_prefix
                 .as_deref()
-                .is_none_or(|p| facts.path().starts_with(p))
+                .is_none_or(|p| request.path().starts_with(p))
             && self
                 .method
                 .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(facts.method()))
+                .is_none_or(|m| m.eq_ignore_ascii_case(request.method().as_str()))
     }
+}
+
+/// `k=v, …` for a refusal's reason.
+fn describe(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn subset(backends: &[Backend], labels: &BTreeMap<String, String>) -> Vec<BackendId> {
@@ -122,19 +135,15 @@ fn subset(backends: &[Backend], labels: &BTreeMap<String, String>) -> Vec<Backen
 }
 
 impl ContentRoute {
-    /// The order for a request; `r` is a random number, `in_flight` by id
-    /// (read only for `least-connections`).
-    pub fn order(
-        &mut self,
-        facts: &dyn Facts,
-        r: u64,
-        in_flight: impl FnOnce() -> Vec<u32>,
-    ) -> Vec<BackendId> {
+    /// The subset for `request` ordered into `out`, or a refusal when the
+    /// subset it belongs to is empty.
+    fn order(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        let r = veer_sdk::random();
         let slot = match self
             .settings
             .rules
             .iter()
-            .position(|rule| rule.matches(facts))
+            .position(|rule| rule.matches(request))
         {
             Some(i) => i,
             None if !self.split_subsets.is_empty() => {
@@ -149,20 +158,31 @@ impl ContentRoute {
             }
             _ => &self.all,
         };
+        if ids.is_empty() {
+            let labels = match slot {
+                s if s < self.rule_subsets.len() => &self.settings.rules[s].labels,
+                s => &self.settings.split[s - self.rule_subsets.len()].labels,
+            };
+            return Err(Rejection::Refuse(format!(
+                "no backend of this pool has the labels {} this request is routed to",
+                describe(labels)
+            )));
+        }
         self.turns[slot] = self.turns[slot].wrapping_add(1);
         let load = if self.inner.needs_load() {
-            in_flight()
+            veer_sdk::all_in_flight()
         } else {
             Vec::new()
         };
         // Mix the random number so the split's draw does not pick the start.
-        self.inner.order(
+        out.extend(self.inner.order(
             ids,
             &self.weights,
             &load,
             self.turns[slot],
             r.rotate_left(32),
-        )
+        ));
+        Ok(())
     }
 }
 
@@ -189,56 +209,27 @@ impl Strategy for ContentRoute {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.all = backends.iter().map(|b| b.id).collect();
         self.weights = backends.iter().map(|b| b.weight).collect();
-        // A subset no backend carries the labels of falls back to all.
-        let or_all = |s: Vec<BackendId>| if s.is_empty() { self.all.clone() } else { s };
+        // A subset no backend carries the labels of stays empty: its
+        // requests are refused, never sent elsewhere.
         self.rule_subsets = self
             .settings
             .rules
             .iter()
-            .map(|r| or_all(subset(&backends, &r.labels)))
+            .map(|r| subset(backends, &r.labels))
             .collect();
         self.split_subsets = self
             .settings
             .split
             .iter()
-            .map(|s| or_all(subset(&backends, &s.labels)))
+            .map(|s| subset(backends, &s.labels))
             .collect();
     }
 
-    fn select(&mut self, request: &Request) -> Vec<BackendId> {
-        struct Live<'a>(&'a Request, String);
-        impl Facts for Live<'_> {
-            fn method(&self) -> &str {
-                &self.1
-            }
-            fn path(&self) -> &str {
-                &self.0.path
-            }
-            fn value(&self, kind: usize, name: &str) -> Option<String> {
-                match kind {
-                    0 => self.0.header(name),
-                    1 => self.0.cookie(name),
-                    _ => self.0.query_param(name),
-                }
-            }
-        }
-        let method = match &request.method {
-            Method::Get => "GET".to_string(),
-            Method::Head => "HEAD".into(),
-            Method::Post => "POST".into(),
-            Method::Put => "PUT".into(),
-            Method::Delete => "DELETE".into(),
-            Method::Connect => "CONNECT".into(),
-            Method::Options => "OPTIONS".into(),
-            Method::Trace => "TRACE".into(),
-            Method::Patch => "PATCH".into(),
-            Method::Other(m) => m.clone(),
-        };
-        let facts = Live(request, method);
-        self.order(&facts, veer_sdk::random(), veer_sdk::all_in_flight)
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        self.order(request, out)
     }
 }
 
@@ -247,69 +238,87 @@ export_strategy!(ContentRoute);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Fake {
-        header: Option<&'static str>,
-        path: &'static str,
-    }
-    impl Facts for Fake {
-        fn method(&self) -> &str {
-            "GET"
-        }
-        fn path(&self) -> &str {
-            self.path
-        }
-        fn value(&self, kind: usize, _name: &str) -> Option<String> {
-            (kind == 0).then_some(self.header?.to_string())
-        }
-    }
+    use veer_sdk::testing::{FakeHost, FakeRequest, request};
 
     fn strategy(json: &str) -> ContentRoute {
         let mut s = ContentRoute::new(Config::new(json)).unwrap();
-        let version = |id: u32, v: &str| Backend {
-            id,
-            address: format!("b{id}"),
-            weight: 1,
-            labels: vec![("version".into(), v.into())],
-        };
-        s.set_backends(vec![version(0, "v1"), version(1, "v1"), version(2, "v2")]);
+        let version =
+            |id: u32, v: &str| Backend::new(id, format!("b{id}")).with_label("version", v);
+        s.set_backends(&[version(0, "v1"), version(1, "v1"), version(2, "v2")]);
         s
     }
 
+    const V2_RULE: &str =
+        r#"{"rules":[{"header":"x-version","equals":"v2","labels":{"version":"v2"}}]}"#;
+
     #[test]
     fn a_matching_header_rule_picks_only_the_labelled_subset() {
-        let mut s = strategy(
-            r#"{"rules":[{"header":"x-version","equals":"v2","labels":{"version":"v2"}}]}"#,
-        );
-        let v2 = Fake {
-            header: Some("v2"),
-            path: "/",
-        };
-        assert_eq!(s.order(&v2, 0, Vec::new), vec![2]);
-        let other = Fake {
-            header: Some("v1"),
-            path: "/",
-        };
+        let mut host = FakeHost::new();
+        let mut s = strategy(V2_RULE);
+        let v2 = FakeRequest::get("/").header("x-version", "v2");
+        assert_eq!(host.select(&mut s, &v2), Ok(vec![2]));
+        let other = FakeRequest::get("/").header("x-version", "v1");
         assert_eq!(
-            s.order(&other, 0, Vec::new).len(),
+            host.select(&mut s, &other).unwrap().len(),
             3,
             "no rule matched: all backends"
         );
     }
 
     #[test]
+    fn a_rule_whose_labels_no_backend_has_refuses_rather_than_leak() {
+        let mut host = FakeHost::new();
+        let mut s = strategy(V2_RULE);
+        // v2 is gone from the pool: v2 requests must not reach v1.
+        s.set_backends(&[
+            Backend::new(0, "b0").with_label("version", "v1"),
+            Backend::new(1, "b1").with_label("version", "v1"),
+        ]);
+        let v2 = FakeRequest::get("/").header("x-version", "v2");
+        match host.select(&mut s, &v2) {
+            Err(Rejection::Refuse(reason)) => assert!(reason.contains("version=v2"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(host.select(&mut s, &request()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rules_test_cookies_queries_paths_and_methods() {
+        let mut host = FakeHost::new();
+        let mut s = strategy(
+            r#"{"rules":[
+                {"cookie":"beta","labels":{"version":"v2"}},
+                {"query":"canary","equals":"1","labels":{"version":"v2"}},
+                {"path_prefix":"/new/","method":"POST","labels":{"version":"v2"}}
+            ]}"#,
+        );
+        let to_v2 = |host: &mut FakeHost, s: &mut ContentRoute, r: FakeRequest| {
+            host.select(s, &r).unwrap() == vec![2]
+        };
+        assert!(to_v2(
+            &mut host,
+            &mut s,
+            FakeRequest::get("/").cookie("beta", "yes")
+        ));
+        assert!(to_v2(&mut host, &mut s, FakeRequest::get("/x?canary=1")));
+        assert!(!to_v2(&mut host, &mut s, FakeRequest::get("/x?canary=0")));
+        assert!(to_v2(&mut host, &mut s, FakeRequest::post("/new/order")));
+        assert!(!to_v2(&mut host, &mut s, FakeRequest::get("/new/order")));
+    }
+
+    #[test]
     fn a_split_sends_traffic_in_proportion() {
+        let mut host = FakeHost::new().with_seed(11);
         let mut s = strategy(
             r#"{"split":[{"labels":{"version":"v1"},"weight":9},{"labels":{"version":"v2"},"weight":1}]}"#,
         );
-        let plain = Fake {
-            header: None,
-            path: "/",
-        };
-        let to_v2 = (0..1000u64)
-            .filter(|&r| s.order(&plain, r, Vec::new)[0] == 2)
+        let to_v2 = (0..2000)
+            .filter(|_| host.select(&mut s, &request()).unwrap()[0] == 2)
             .count();
-        assert_eq!(to_v2, 100, "weights 9:1 over 1000 consecutive draws");
+        assert!(
+            (140..260).contains(&to_v2),
+            "weights 9:1 over 2000 draws: {to_v2}"
+        );
     }
 
     #[test]

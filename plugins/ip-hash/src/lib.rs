@@ -7,8 +7,10 @@
 use std::net::IpAddr;
 
 use serde::Deserialize;
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
-use veer_strategy_kit::{hash, rotate_from, weighted_index};
+use veer_sdk::{
+    Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
+};
+use veer_strategy_kit::{hash, rotate_into, weighted_index};
 
 /// `strategy_config` of `ip-hash`.
 #[derive(Debug, Deserialize)]
@@ -43,16 +45,6 @@ pub struct IpHash {
     weights: Vec<u32>,
 }
 
-impl IpHash {
-    /// The order for a client.
-    pub fn order(&self, client: IpAddr) -> Vec<BackendId> {
-        rotate_from(
-            &self.ids,
-            weighted_index(&self.weights, hash(&key(client, self.full))),
-        )
-    }
-}
-
 impl Strategy for IpHash {
     const NAME: &'static str = "ip-hash";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -75,13 +67,15 @@ impl Strategy for IpHash {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.ids = backends.iter().map(|b| b.id).collect();
         self.weights = backends.iter().map(|b| b.weight).collect();
     }
 
-    fn select(&mut self, request: &Request) -> Vec<BackendId> {
-        self.order(request.client)
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        let start = weighted_index(&self.weights, hash(&key(request.client(), self.full)));
+        rotate_into(&self.ids, start, out);
+        Ok(())
     }
 }
 
@@ -91,21 +85,30 @@ export_strategy!(IpHash);
 mod tests {
     use super::*;
 
+    use veer_sdk::testing::{FakeHost, FakeRequest, backends};
+
     fn strategy(mask: &str, n: u32) -> IpHash {
         let mut s = IpHash::new(Config::new(format!(r#"{{"mask":"{mask}"}}"#))).unwrap();
-        s.set_backends(veer_sdk::testing::backends(n));
+        s.set_backends(&backends(n));
         s
+    }
+
+    /// The first choice for a request from `client`.
+    fn first(s: &mut IpHash, client: &str) -> u32 {
+        let request = FakeRequest::get("/").client(client.parse::<IpAddr>().unwrap());
+        FakeHost::new().select(s, &request).unwrap()[0]
     }
 
     #[test]
     fn nginx_mask_keeps_a_slash_24_together_and_full_tells_them_apart() {
-        let nginx = strategy("nginx", 16);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.250".parse().unwrap();
-        assert_eq!(nginx.order(a)[0], nginx.order(b)[0]);
-        let full = strategy("full", 16);
+        let mut nginx = strategy("nginx", 16);
+        assert_eq!(
+            first(&mut nginx, "192.0.2.1"),
+            first(&mut nginx, "192.0.2.250")
+        );
+        let mut full = strategy("full", 16);
         let firsts: std::collections::HashSet<u32> = (1..=50)
-            .map(|i| full.order(format!("192.0.2.{i}").parse().unwrap())[0])
+            .map(|i| first(&mut full, &format!("192.0.2.{i}")))
             .collect();
         assert!(
             firsts.len() > 8,

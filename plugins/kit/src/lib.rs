@@ -23,6 +23,21 @@ pub use ring::{Distinct, Ketama, Maglev, bounded};
 /// list copy per request for nothing.
 pub const MAX_CANDIDATES: usize = 8;
 
+/// [`rotate_from`] into `out`, allocating nothing.
+pub fn rotate_into(ids: &[u32], start: usize, out: &mut impl Extend<u32>) {
+    if ids.is_empty() {
+        return;
+    }
+    let start = start % ids.len();
+    out.extend(
+        ids[start..]
+            .iter()
+            .chain(&ids[..start])
+            .take(MAX_CANDIDATES)
+            .copied(),
+    );
+}
+
 /// `ids` starting at position `start`, wrapping: the first choice, then the
 /// next ones in ring order as fallbacks (at most [`MAX_CANDIDATES`]).
 pub fn rotate_from(ids: &[u32], start: usize) -> Vec<u32> {

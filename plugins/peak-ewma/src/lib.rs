@@ -5,7 +5,7 @@
 //! backend with no sample yet costs `default_rtt_ms`, so new backends get
 //! tried.
 use serde::Deserialize;
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
 use veer_strategy_kit::{checked_draws, power_of_choices};
 
 /// `strategy_config` of `peak-ewma`.
@@ -64,17 +64,23 @@ impl Strategy for PeakEwma {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.weights = backends.iter().map(|b| b.weight).collect();
     }
 
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
         let (weights, rtt) = (&self.weights, self.default_rtt_us);
-        power_of_choices(weights.len(), self.draws, &mut veer_sdk::random, |i| {
-            veer_sdk::backend_stats(i as u32).map_or(f64::MAX, |s| {
-                cost(s.latency_peak_ewma_us, s.in_flight, weights[i], rtt)
-            })
-        })
+        out.extend(power_of_choices(
+            weights.len(),
+            self.draws,
+            &mut veer_sdk::random,
+            |i| {
+                veer_sdk::backend_stats(i as u32).map_or(f64::MAX, |s| {
+                    cost(s.latency_peak_ewma_us, s.in_flight, weights[i], rtt)
+                })
+            },
+        ));
+        Ok(())
     }
 }
 
@@ -82,7 +88,22 @@ export_strategy!(PeakEwma);
 
 #[cfg(test)]
 mod tests {
-    use super::cost;
+    use super::*;
+    use veer_sdk::BackendStats;
+    use veer_sdk::testing::{FakeHost, backends, request};
+
+    #[test]
+    fn of_two_draws_the_backend_with_the_lower_latency_cost_goes_first() {
+        let mut host = FakeHost::new().with_seed(3).with_stats(vec![
+            BackendStats::new().with_latency_us(50_000),
+            BackendStats::new().with_latency_us(500).with_in_flight(5),
+        ]);
+        let mut ewma = PeakEwma::new(Config::new("{}")).unwrap();
+        ewma.set_backends(&backends(2));
+        for _ in 0..10 {
+            assert_eq!(host.select(&mut ewma, &request()), Ok(vec![1, 0]));
+        }
+    }
 
     #[test]
     fn a_slow_idle_backend_costs_more_than_a_fast_busy_one() {

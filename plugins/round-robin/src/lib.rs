@@ -3,7 +3,9 @@
 //!
 //! Every worker thread has its own instance, so with N workers each keeps its
 //! own turn, as NGINX workers do.
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
+};
 
 /// The first choice and up to 7 fallbacks: the host tries at most
 /// `retries + 1` (3 by default), so a longer answer only costs a copy.
@@ -25,20 +27,21 @@ impl Strategy for RoundRobin {
         Ok(Self::default())
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.ring = backends.iter().map(|b| b.id).collect();
         self.next = 0;
     }
 
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
         let n = self.ring.len();
         if n == 0 {
-            return Vec::new();
+            return Ok(());
         }
         let start = self.next % n;
         self.next = start + 1;
         let ring = self.ring[start..].iter().chain(&self.ring[..start]);
-        ring.take(MAX_CANDIDATES).copied().collect()
+        out.extend(ring.take(MAX_CANDIDATES).copied());
+        Ok(())
     }
 }
 
@@ -47,13 +50,16 @@ export_strategy!(RoundRobin);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use veer_sdk::testing::{backends, request};
+    use veer_sdk::testing::{FakeHost, backends, request};
 
     #[test]
     fn each_request_starts_one_further_round_the_ring_with_the_rest_as_fallbacks() {
+        let mut host = FakeHost::new();
         let mut rr = RoundRobin::new(Config::new("{}")).unwrap();
-        rr.set_backends(backends(3));
-        let orders: Vec<Vec<u32>> = (0..4).map(|_| rr.select(&request())).collect();
+        rr.set_backends(&backends(3));
+        let orders: Vec<Vec<u32>> = (0..4)
+            .map(|_| host.select(&mut rr, &request()).unwrap())
+            .collect();
         assert_eq!(
             orders,
             vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]
@@ -62,11 +68,12 @@ mod tests {
 
     #[test]
     fn a_new_backend_set_restarts_the_turn() {
+        let mut host = FakeHost::new();
         let mut rr = RoundRobin::new(Config::new("{}")).unwrap();
-        rr.set_backends(backends(3));
-        rr.select(&request());
-        rr.set_backends(backends(2));
-        assert_eq!(rr.select(&request()), vec![0, 1]);
+        rr.set_backends(&backends(3));
+        host.select(&mut rr, &request()).unwrap();
+        rr.set_backends(&backends(2));
+        assert_eq!(host.select(&mut rr, &request()), Ok(vec![0, 1]));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! the host reports it healthy; when it is down, the client is placed again
 //! and gets a new cookie.
 use serde::Deserialize;
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
+};
 use veer_strategy_kit::{Inner, hash};
 
 /// `strategy_config` of `sticky`.
@@ -119,13 +121,13 @@ impl Strategy for Sticky {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.ids = backends.iter().map(|b| b.id).collect();
         self.tokens = backends.iter().map(|b| token(&b.address)).collect();
         self.weights = backends.iter().map(|b| b.weight).collect();
     }
 
-    fn select(&mut self, request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
         let cookie = request.cookie(&self.settings.cookie);
         let (order, set_cookie) = self.order(
             cookie.as_deref(),
@@ -141,7 +143,8 @@ impl Strategy for Sticky {
                 &format!("could not set the sticky cookie: {e}"),
             );
         }
-        order
+        out.extend(order);
+        Ok(())
     }
 }
 
@@ -150,18 +153,27 @@ export_strategy!(Sticky);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veer_sdk::BackendStats;
+    use veer_sdk::testing::{FakeHost, FakeRequest, backends, request};
 
     fn strategy() -> Sticky {
         let mut s = Sticky::new(Config::new("{}")).unwrap();
-        s.set_backends(veer_sdk::testing::backends(3));
+        s.set_backends(&backends(3));
         s
+    }
+
+    fn healthy() -> FakeHost {
+        FakeHost::new().with_stats(vec![BackendStats::new(); 3])
     }
 
     #[test]
     fn a_new_client_is_placed_and_given_a_cookie_naming_its_backend() {
+        let mut host = healthy();
         let mut s = strategy();
-        let (order, cookie) = s.order(None, 0, |_| true, Vec::new);
-        let cookie = cookie.expect("a new placement sets the cookie");
+        let order = host.select(&mut s, &request()).unwrap();
+        let headers = host.response_headers();
+        let (name, cookie) = headers.first().expect("a new placement sets the cookie");
+        assert_eq!(name, "set-cookie");
         assert!(
             cookie.starts_with(&format!(
                 "veer-sticky={}; Path=/",
@@ -173,14 +185,18 @@ mod tests {
 
     #[test]
     fn a_client_with_the_cookie_stays_while_healthy_and_moves_when_not() {
+        let mut host = healthy();
         let mut s = strategy();
-        let t1 = token("10.0.0.1:80");
+        let with_cookie = FakeRequest::get("/").cookie("veer-sticky", &token("10.0.0.1:80"));
         for _ in 0..5 {
-            let (order, cookie) = s.order(Some(&t1), 0, |_| true, Vec::new);
-            assert_eq!((order[0], cookie), (1, None));
+            assert_eq!(host.select(&mut s, &with_cookie).unwrap()[0], 1);
+            assert!(host.response_headers().is_empty(), "no new cookie");
         }
-        let (order, cookie) = s.order(Some(&t1), 0, |id| id != 1, Vec::new);
-        assert_ne!(order[0], 1);
-        assert!(cookie.is_some(), "re-placed clients get a new cookie");
+        host.set_stats(1, BackendStats::new().down());
+        assert_ne!(host.select(&mut s, &with_cookie).unwrap()[0], 1);
+        assert!(
+            !host.response_headers().is_empty(),
+            "re-placed clients get a new cookie"
+        );
     }
 }

@@ -123,6 +123,16 @@ impl Runtime {
             .map_err(PluginError::engine)?;
         v0_3::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
+        // The 0.3.0 world `use`s `request` from `veer:http`, which a component
+        // also imports at its root: the same host type, or linking fails.
+        linker
+            .root()
+            .resource(
+                "request",
+                wasmtime::component::ResourceType::host::<host::LentRequest>(),
+                |_, _| Ok(()),
+            )
+            .map_err(PluginError::engine)?;
 
         let ticker = Ticker::start(&engine).map_err(|e| PluginError::engine(e.into()))?;
 

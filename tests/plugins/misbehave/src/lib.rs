@@ -1,11 +1,14 @@
 //! A plugin that misbehaves on purpose, to test that the host survives it.
 //! Its config picks how: `{"mode": "trap"}`, `"spin"`, `"grow"`, `"empty"`, `"unknown"`,
-//! `"slow"`, `"storm"`, `"long"`, `"big-header"`, `"spam"`, `"huge-log"`, `"trap-init"`,
-//! `"refuse"` (refuses its config in `init`), or `"first"` (behaves: always
-//! the first backend).
+//! `"slow"`, `"storm"`, `"long"`, `"big-header"`, `"spam"`, `"huge-log"`,
+//! `"heavy-log"`, `"trap-init"`, `"refuse"` (refuses its config in `init`),
+//! `"reject"` (`select` refuses every request), `"defer"` (`select` defers
+//! every request), or `"first"` (behaves: always the first backend).
+//!
+//! It never asks for outcomes, and traps if `on_outcome` is called anyway.
 use veer_sdk::{
-    Backend, BackendId, Config, LogLevel, Request, Strategy, export_strategy, log,
-    set_response_header,
+    Backend, BackendId, Candidates, Config, LogLevel, Outcome, Rejection, Request, Strategy,
+    export_strategy, log, set_response_header,
 };
 
 /// What to do wrong.
@@ -36,6 +39,10 @@ pub enum Mode {
     Spam,
     /// Logs one 3 MiB message, then the first backend.
     HugeLog,
+    /// `select` refuses every request (no backend may serve it).
+    Reject,
+    /// `select` defers every request (the failure policy serves).
+    Defer,
     /// Legal but slow in a way fuel does not see: logs a 1 MiB message
     /// (built once) 16 times, so the time goes into the host copying it,
     /// then the first backend.
@@ -74,10 +81,13 @@ impl Mode {
             "spam" => Ok(Mode::Spam),
             "huge-log" => Ok(Mode::HugeLog),
             "heavy-log" => Ok(Mode::HeavyLog),
+            "reject" => Ok(Mode::Reject),
+            "defer" => Ok(Mode::Defer),
             "trap-init" => panic!("misbehave: trapping in init on purpose"),
             "refuse" => Err("refused on purpose: mode is \"refuse\"".to_string()),
             other => Err(format!(
-                "unknown mode {other:?}; use trap, spin, empty, unknown, first or refuse"
+                "unknown mode {other:?}; use trap, spin, grow, empty, unknown, first, slow, \
+                 heavy-log, storm, long, big-header, spam, huge-log, trap-init, refuse, reject or defer"
             )),
         }
     }
@@ -95,12 +105,12 @@ impl Strategy for Misbehave {
         })
     }
 
-    fn set_backends(&mut self, backends: Vec<Backend>) {
+    fn set_backends(&mut self, backends: &[Backend]) {
         self.ids = backends.iter().map(|b| b.id).collect();
     }
 
-    fn select(&mut self, request: &Request) -> Vec<BackendId> {
-        match self.mode {
+    fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        let order: Vec<BackendId> = match self.mode {
             Mode::Trap => panic!("misbehave: trapping on purpose"),
             Mode::Spin => loop {
                 std::hint::black_box(&self.ids);
@@ -153,7 +163,17 @@ impl Strategy for Misbehave {
                 log(LogLevel::Info, &"x".repeat(3 << 20));
                 self.ids.first().copied().into_iter().collect()
             }
-        }
+            Mode::Reject => {
+                return Err(Rejection::Refuse("misbehave refuses on purpose".into()));
+            }
+            Mode::Defer => return Err(Rejection::Defer("misbehave defers on purpose".into())),
+        };
+        out.extend(order);
+        Ok(())
+    }
+
+    fn on_outcome(&mut self, _outcome: &Outcome) {
+        panic!("misbehave: on_outcome called, but it never asked for outcomes")
     }
 }
 

@@ -1,7 +1,7 @@
 //! Hot-swap test plugin, variant B: names itself `swapped`, version `b`, and
 //! sends every request to backend 1 (then 0). Variant A is the mirror image,
 //! so which backend answers tells which generation served.
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
 
 /// Backend 1 first.
 pub struct SwapB;
@@ -13,9 +13,10 @@ impl Strategy for SwapB {
     fn new(_config: Config) -> Result<Self, String> {
         Ok(SwapB)
     }
-    fn set_backends(&mut self, _backends: Vec<Backend>) {}
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
-        vec![1, 0]
+    fn set_backends(&mut self, _backends: &[Backend]) {}
+    fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        out.extend([1, 0]);
+        Ok(())
     }
 }
 

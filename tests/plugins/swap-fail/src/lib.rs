@@ -1,6 +1,6 @@
 //! Test plugin for automatic rollback: names itself `swapped` like
 //! `swap-a`, loads and initialises fine, then traps in every `select`.
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
 
 /// A version that passes every check at swap time and fails in service.
 pub struct SwapFail;
@@ -13,9 +13,9 @@ impl Strategy for SwapFail {
         Ok(SwapFail)
     }
 
-    fn set_backends(&mut self, _backends: Vec<Backend>) {}
+    fn set_backends(&mut self, _backends: &[Backend]) {}
 
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
+    fn select(&mut self, _request: &Request<'_>, _out: &mut Candidates) -> Result<(), Rejection> {
         panic!("swap-fail: trapping in select on purpose")
     }
 }

@@ -1,6 +1,6 @@
 //! Refused hot swap: names itself `swapped` like the serving plugin, but
 //! refuses every configuration in `init`.
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
 
 /// Never built: `new` refuses.
 pub struct SwapRefuse;
@@ -12,9 +12,10 @@ impl Strategy for SwapRefuse {
     fn new(_config: Config) -> Result<Self, String> {
         Err("swap-refuse refuses every configuration on purpose".into())
     }
-    fn set_backends(&mut self, _backends: Vec<Backend>) {}
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
-        vec![0]
+    fn set_backends(&mut self, _backends: &[Backend]) {}
+    fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        out.extend([0]);
+        Ok(())
     }
 }
 

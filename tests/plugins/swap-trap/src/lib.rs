@@ -1,6 +1,6 @@
 //! Refused hot swap: names itself `swapped` like the serving plugin, but
 //! traps in `init`.
-use veer_sdk::{Backend, BackendId, Config, Request, Strategy, export_strategy};
+use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
 
 /// Never built: `new` panics (a trap, with `panic = "abort"`).
 pub struct SwapTrap;
@@ -12,9 +12,10 @@ impl Strategy for SwapTrap {
     fn new(_config: Config) -> Result<Self, String> {
         panic!("swap-trap: trapping in init on purpose")
     }
-    fn set_backends(&mut self, _backends: Vec<Backend>) {}
-    fn select(&mut self, _request: &Request) -> Vec<BackendId> {
-        vec![0]
+    fn set_backends(&mut self, _backends: &[Backend]) {}
+    fn select(&mut self, _request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        out.extend([0]);
+        Ok(())
     }
 }
 
