@@ -1,6 +1,7 @@
 //! Builds every plugin crate under `plugins/` (the built-in strategies),
 //! `tests/plugins/` (plugins the integration tests load from files) and
-//! `examples/` (SDK examples, built for `wasm32-wasip2` exactly as a plugin
+//! `examples/` with test plugins named `veer-test-wasip2-plugin-*` (built for
+//! `wasm32-wasip2` exactly as a plugin
 //! author would) to Wasm components, so an ordinary `cargo build` of the proxy
 //! needs no extra step.
 //!
@@ -22,6 +23,8 @@ use std::process::Command;
 /// Crate-name prefixes stripped to get the name a built-in is registered under.
 const BUILTIN_PREFIX: &str = "veer-plugin-";
 const TEST_PREFIX: &str = "veer-test-plugin-";
+/// Test plugins built for `wasm32-wasip2`, as plugin authors build theirs.
+const TEST_WASIP2_PREFIX: &str = "veer-test-wasip2-plugin-";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// What plugin authors build with; its output is already a component (with
 /// WASI imports the host links to traps).
@@ -69,7 +72,12 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("plugins-wasm");
     build_wasm(&root, &target_dir, WASM_TARGET, &crates);
-    let examples = find_crates(&root.join("examples"), "", false);
+    let mut examples = find_crates(&root.join("examples"), "", false);
+    examples.extend(find_crates(
+        &root.join("tests/plugins"),
+        TEST_WASIP2_PREFIX,
+        false,
+    ));
     build_wasm(&root, &target_dir, WASIP2_TARGET, &examples);
 
     let test_dir = out_dir.join("test-plugins");

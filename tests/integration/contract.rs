@@ -154,3 +154,62 @@ async fn state_is_handed_over_when_the_pool_is_rebuilt() {
     assert_eq!(number(&after, "x-outcomes"), 5, "the count went on");
     assert_eq!(proxy.metrics.snapshot().plugin_state_hand_overs, 1);
 }
+
+/// A pool of the wasip2 test plugin `std` with `config`, on `backends`.
+fn std_pool(config: &str, backends: &[&Backend]) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[plugins]\nload = [\"{}\"]\n\
+         [pools.web]\nstrategy = \"std-counting\"\nstrategy_config = {config}\nbackends = [{}]\n",
+        test_plugin("std"),
+        addresses(backends),
+    )
+}
+
+#[tokio::test]
+async fn a_wasip2_plugin_using_hashmap_the_environment_and_stderr_works() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let dir = TempDir::new("wasip2-std");
+    run_binary(&dir, &std_pool("{}", &[&a, &b]), async |addr| {
+        let mut client = Client::h1(addr).await;
+        // The n-th request for a path goes to backend n mod 2, counted in a
+        // HashMap per path.
+        let mut seen = Vec::new();
+        for path in ["/x", "/x", "/y", "/x", "/y"] {
+            let answer = client.get(path).await;
+            assert_eq!(answer.status, 200);
+            seen.push(answer.backend().to_string());
+        }
+        assert_eq!(seen, ["b", "a", "b", "b", "a"]);
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(
+        log.contains("std-counting: started with 0 environment variables"),
+        "eprintln! reaches the log, and the environment is empty:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_logs_its_message_and_place_on_one_line() {
+    let [a, b] = start_backends(["a", "b"]).await;
+    let dir = TempDir::new("wasip2-panic");
+    run_binary(
+        &dir,
+        &std_pool("{ panic = true }", &[&a, &b]),
+        async |addr| {
+            let mut client = Client::h1(addr).await;
+            for _ in 0..3 {
+                assert_eq!(client.get("/").await.status, 200, "served by the fallback");
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(
+        log.lines().any(
+            |line| line.contains("panicked at tests/plugins/std-wasip2/src/lib.rs:")
+                && line.contains("std-counting was told to panic")
+        ),
+        "{log}"
+    );
+}

@@ -118,6 +118,8 @@ impl Lent {
 pub struct HostState {
     /// The request's parts a 0.3.0 request handle reads.
     pub(super) lent: Lent,
+    /// The lines being written to stdout and stderr (wasip2 plugins).
+    pub(super) streams: super::wasi::Streams,
     pub(super) limits: super::limits::Limiter,
     pub(super) request: Option<RequestScope>,
     pub(super) stats: Arc<[Arc<BackendStats>]>,
@@ -183,6 +185,11 @@ impl HostState {
 
     fn random(&mut self) -> u64 {
         self.over_cap();
+        self.next_random()
+    }
+
+    /// The next number of the instance's generator.
+    pub(super) fn next_random(&mut self) -> u64 {
         // splitmix64: tiny, fast, good enough to spread load; not for secrets.
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
@@ -191,7 +198,7 @@ impl HostState {
         z ^ (z >> 31)
     }
 
-    fn log(&mut self, level: tracing::Level, message: &str) {
+    pub(super) fn log(&mut self, level: tracing::Level, message: &str) {
         if self.over_cap() {
             return;
         }

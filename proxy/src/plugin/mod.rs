@@ -22,6 +22,7 @@ mod host;
 mod limits;
 pub mod log;
 mod ticker;
+mod wasi;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -196,6 +197,12 @@ impl Runtime {
         // never use them. Those imports are linked to functions that trap:
         // plugins get no ambient capabilities.
         let mut linker = (*self.linker).clone();
+        for version in wasi::versions_imported(&component, &self.engine) {
+            wasi::add_to_linker(&mut linker, &version).map_err(|e| PluginError::Invalid {
+                origin: source.into(),
+                reason: format!("{e:#}"),
+            })?;
+        }
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| PluginError::Invalid {
@@ -600,6 +607,7 @@ impl Instance {
     ) -> Result<Instance, PluginError> {
         let state = HostState {
             lent: host::Lent::default(),
+            streams: wasi::Streams::default(),
             limits: Limiter::new(limits.memory_bytes, plugin.memory.clone()),
             request: None,
             stats,
