@@ -117,6 +117,21 @@ fn main() {
         "cargo:rustc-env=VEER_TEST_PLUGINS_DIR={}",
         test_dir.display()
     );
+    // For `veer plugin new`: the compiler this Veer was built with (the new
+    // crate pins it) and the machine it runs on (unit tests run there).
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "stable".into());
+    println!("cargo:rustc-env=VEER_RUSTC_VERSION={version}");
+    println!(
+        "cargo:rustc-env=VEER_HOST_TARGET={}",
+        env::var("TARGET").unwrap()
+    );
 }
 
 /// Every directory under `dir` with a Cargo.toml whose package name starts

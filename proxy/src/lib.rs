@@ -25,7 +25,8 @@
 //! Control plane:
 //! - `plugin/`: the only module that touches wasmtime: bindings per WIT
 //!   world, host imports (with their caps), the sandbox's limits and
-//!   deadlines (fuel, thread CPU time), per-plugin log budgets, the compiled
+//!   deadlines (fuel, thread CPU time), the few WASI functions a wasip2
+//!   plugin's standard library needs, per-plugin log budgets, the compiled
 //!   cache (owner checks, HMAC), the epoch ticker, and the balancer that
 //!   drives one pool's plugin per worker (instances built aside, backoff,
 //!   failure policy, automatic rollback).
@@ -48,6 +49,9 @@
 //! - [`logging`]: Veer's own log and the access log's per-thread buffers.
 //! - `error`: typed errors, a leaf module.
 //! - [`demo`]: `veer demo`, three in-process backends behind the proxy.
+//! - [`tools`]: for plugin authors, `veer plugin simulate` (synthetic
+//!   traffic through the real host) and `veer plugin new` (a crate to start
+//!   from).
 //!
 //! Strategies only *order* candidates; the host owns health, counters,
 //! retries and timeouts.
@@ -67,6 +71,7 @@ mod plugin;
 mod stall;
 mod state;
 mod stats;
+pub mod tools;
 mod upstream;
 
 use std::future::Future;

@@ -57,6 +57,49 @@ enum PluginCommand {
         #[arg(long, default_value = "{}")]
         config: String,
     },
+    /// Run a plugin against synthetic traffic under the real host and
+    /// limits: the share each backend gets, what a `select` costs,
+    /// rejections and failures.
+    Simulate {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The strategy configuration, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// How many backends (`10.0.0.1:80`, …; label `zone` `a` for the
+        /// first half, `b` for the rest), or a TOML file:
+        /// `backends = [{ address = "…", weight = 2, labels = { zone = "a" } }]`.
+        #[arg(long, default_value = "4")]
+        backends: String,
+        /// How many requests.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u32,
+        /// A header drawn for each request, as `NAME=VALUE[:WEIGHT],…`
+        /// (`-` for absent), e.g. `x-version=v1:90,v2:10`. Repeatable.
+        #[arg(long = "header", value_name = "NAME=VALUE:WEIGHT,…")]
+        headers: Vec<String>,
+        /// Each backend's time to response, as `ID=MS,…` (default 1 ms).
+        #[arg(long, value_name = "ID=MS,…")]
+        latency: Option<String>,
+        /// Seeds the draws and the plugin's `random`.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Make a new plugin crate NAME in the current folder (or `--dir`),
+    /// ready for `cargo build --release`.
+    New {
+        /// The strategy name: lowercase letters, digits and `-`.
+        name: String,
+        /// Depend on the `sdk` folder of a Veer checkout.
+        #[arg(long, conflicts_with = "git")]
+        sdk: Option<PathBuf>,
+        /// Depend on the Veer repository at this git URL.
+        #[arg(long)]
+        git: Option<String>,
+        /// Where to make it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +140,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             control_runtime()?
                 .block_on(veer::serve(loaded))
                 .context("veer stopped")
+        }
+        Command::Plugin(PluginCommand::Simulate {
+            file,
+            config,
+            backends,
+            requests,
+            headers,
+            latency,
+            seed,
+        }) => {
+            use veer::tools::simulate::{Backends, HeaderDraw, Simulation, parse_latency};
+            let simulation = Simulation {
+                config_json: config,
+                backends: Backends::parse(&backends),
+                requests,
+                headers: headers
+                    .iter()
+                    .map(|h| HeaderDraw::parse(h))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
+                latency: latency
+                    .as_deref()
+                    .map(parse_latency)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default(),
+                seed,
+            };
+            let report = veer::tools::simulate::simulate(&file, &simulation)
+                .with_context(|| format!("{} could not be simulated", file.display()))?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::New {
+            name,
+            sdk,
+            git,
+            dir,
+        }) => {
+            use veer::tools::scaffold::{Sdk, scaffold};
+            let sdk = match (sdk, git) {
+                (Some(path), _) => Sdk::Path(path),
+                (None, Some(url)) => Sdk::Git(url),
+                (None, None) => anyhow::bail!(
+                    "say where veer-sdk comes from: --sdk PATH (the sdk folder of a Veer checkout) or --git URL"
+                ),
+            };
+            let made = scaffold(&name, &dir, &sdk).map_err(anyhow::Error::msg)?;
+            println!(
+                "made {}; next: cd there, then `cargo build --release` and `cargo unit`",
+                made.display()
+            );
+            Ok(())
         }
         Command::Plugin(PluginCommand::Check { file, config }) => {
             let report = veer::check_plugin(&file, &config)

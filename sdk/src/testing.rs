@@ -157,6 +157,7 @@ pub(crate) struct FakeState {
 
 impl FakeState {
     /// splitmix64, as the real host uses.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn next_random(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
@@ -171,6 +172,7 @@ thread_local! {
 }
 
 /// Runs `f` on the fake host installed on this thread.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn with_fake<R>(f: impl FnOnce(&mut FakeState) -> R) -> R {
     let state = CURRENT.with(|current| current.borrow().clone());
     let state = state.expect(

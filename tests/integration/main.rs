@@ -3,6 +3,7 @@
 
 mod acme;
 mod admin;
+mod authoring;
 mod balancing;
 mod config;
 mod contract;
