@@ -169,7 +169,8 @@ pub mod __private {
         });
     }
 
-    pub use bindings::Guest;
+    pub use bindings::exports::veer::balancer::strategy as exported;
+    pub use bindings::exports::veer::balancer::strategy::Guest;
     use bindings::veer::balancer::types as wit;
     pub use bindings::veer::http::types::Request as HostRequest;
     pub use std::cell::RefCell;
@@ -315,10 +316,15 @@ pub mod __private {
 /// Exports a [`Strategy`] implementation as this component's balancer.
 ///
 /// Use it once per plugin crate, at the crate root:
-/// `veer_sdk::export_strategy!(MyStrategy);`
+/// `veer_sdk::export_strategy!(MyStrategy);`. It expands to nothing outside
+/// Wasm, so native unit tests build as usual.
 #[macro_export]
 macro_rules! export_strategy {
     ($strategy:ty) => {
+        // Only in the plugin: a native build (`cargo test`) has no host to
+        // export to, and the exports' names (`veer:balancer/strategy@…#select`)
+        // are not symbols a native linker takes.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __VeerExport;
 

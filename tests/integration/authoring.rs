@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -99,4 +100,118 @@ fn a_new_plugin_crate_builds_alone_passes_its_tests_and_checks_and_simulates() {
     assert!((300..450).contains(&share("0")), "{text}");
     assert!((70..180).contains(&share("3")), "{text}");
     assert!(text.contains("failures: none"), "{text}");
+}
+
+/// `componentize-py`: `VEER_COMPONENTIZE_PY`, else on the `PATH` (`.ci/run`
+/// installs it with pip).
+fn componentize_py() -> String {
+    std::env::var("VEER_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into())
+}
+
+/// Builds `examples/python-zone` with `version` into `out`.
+fn build_python_zone(dir: &TempDir, version: &str, out: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-zone/app.py");
+    let app = std::fs::read_to_string(source).unwrap();
+    assert!(app.contains("\"0.1.0\""), "the example names its version");
+    let app_dir = dir.join(&format!("app-{version}"));
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("app.py"),
+        app.replace("\"0.1.0\"", &format!("{version:?}")),
+    )
+    .unwrap();
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/0.3.0");
+    let out_arg = out.to_str().unwrap();
+    let (ok, text) = run(
+        &app_dir,
+        &componentize_py(),
+        &[
+            "-d",
+            wit.to_str().unwrap(),
+            "-w",
+            "balancer",
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+            out_arg,
+        ],
+    );
+    assert!(
+        ok,
+        "componentize-py (pip install componentize-py==0.25.1, as .ci/run does): {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_python_strategy_balances_in_its_order_and_survives_a_hot_swap() {
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
+    let dir = TempDir::new("python");
+    let built = dir.join("v1.wasm");
+    build_python_zone(&dir, "0.1.0", &built);
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    install_by_rename(
+        &plugins.join("python-zone.wasm"),
+        &std::fs::read(&built).unwrap(),
+    );
+    let labelled = |backend: &Backend, zone: &str| {
+        format!(
+            "{{ address = \"{}\", labels = {{ zone = \"{zone}\" }} }}",
+            backend.addr
+        )
+    };
+    let config = format!(
+        "{SERVER}[plugins]\ndir = \"{}\"\ndebounce_ms = 20\ncache_dir = \"{}\"\n\
+         [pools.web]\nstrategy = \"py-zone\"\nbackends = [{}, {}, {}]\n",
+        plugins.display(),
+        dir.join("cache").display(),
+        labelled(&a, "a"),
+        labelled(&b, "b"),
+        labelled(&c, "b"),
+    );
+    let path = dir.join("veer.toml");
+    std::fs::write(&path, config).unwrap();
+    let (proxy, _handle) = Proxy::start_file(&path).await;
+
+    // Zone b first, in turn: b and c alternate; no preference: all in turn.
+    let mut client = Client::h1(proxy.addr).await;
+    let mut zoned = Vec::new();
+    for _ in 0..4 {
+        zoned.push(
+            client
+                .get_with("/", &[("x-prefer", "b")])
+                .await
+                .backend()
+                .to_string(),
+        );
+    }
+    zoned.sort();
+    assert_eq!(zoned, ["b", "b", "c", "c"]);
+    let mut any = Vec::new();
+    for _ in 0..3 {
+        any.push(client.get("/").await.backend().to_string());
+    }
+    any.sort();
+    assert_eq!(any, ["a", "b", "c"]);
+
+    // A new version dropped in under load: no request fails.
+    let next = dir.join("v2.wasm");
+    build_python_zone(&dir, "0.1.1", &next);
+    let load = Load::start(proxy.addr, 4, Duration::from_secs(120));
+    install_by_rename(
+        &plugins.join("python-zone.wasm"),
+        &std::fs::read(&next).unwrap(),
+    );
+    let metrics = proxy.metrics.clone();
+    wait_for(Duration::from_secs(90), || {
+        metrics.snapshot().plugin_swaps >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    let m = proxy.metrics.snapshot();
+    assert_eq!(m.plugin_traps + m.plugin_timeouts, 0, "{m:?}");
 }

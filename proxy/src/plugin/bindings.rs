@@ -211,9 +211,18 @@ impl Pre {
     }
 
     fn new(instance_pre: InstancePre<HostState>, world: PreWorld) -> wasmtime::Result<Pre> {
-        let (_, select) = instance_pre
-            .component()
-            .get_export(None, "select")
+        let component = instance_pre.component();
+        // 0.3.0 exports its calls in the interface `strategy`.
+        let interface = match world {
+            PreWorld::V0_3(_) => Some(
+                component
+                    .get_export_index(None, "veer:balancer/strategy@0.3.0")
+                    .ok_or_else(|| wasmtime::format_err!("no `strategy` export"))?,
+            ),
+            _ => None,
+        };
+        let select = component
+            .get_export_index(interface.as_ref(), "select")
             .ok_or_else(|| wasmtime::format_err!("no `select` export"))?;
         Ok(Pre {
             instance_pre,

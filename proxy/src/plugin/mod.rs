@@ -124,16 +124,6 @@ impl Runtime {
             .map_err(PluginError::engine)?;
         v0_3::Balancer::add_to_linker::<HostState, Data>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
-        // The 0.3.0 world `use`s `request` from `veer:http`, which a component
-        // also imports at its root: the same host type, or linking fails.
-        linker
-            .root()
-            .resource(
-                "request",
-                wasmtime::component::ResourceType::host::<host::LentRequest>(),
-                |_, _| Ok(()),
-            )
-            .map_err(PluginError::engine)?;
 
         let ticker = Ticker::start(&engine).map_err(|e| PluginError::engine(e.into()))?;
 
@@ -282,14 +272,17 @@ impl Runtime {
             Exports::V0_2(b) => b
                 .call_info(&mut probe.store)
                 .map(|i| (i.name, i.version, Capabilities::default())),
-            Exports::V0_3(b) => b.call_info(&mut probe.store).map(|i| {
-                use v0_3::veer::balancer::types::Capabilities as C;
-                let asked = Capabilities {
-                    outcomes: i.capabilities.contains(C::OUTCOMES),
-                    hand_over: i.capabilities.contains(C::HAND_OVER),
-                };
-                (i.name, i.version, asked)
-            }),
+            Exports::V0_3(b) => b
+                .veer_balancer_strategy()
+                .call_info(&mut probe.store)
+                .map(|i| {
+                    use v0_3::veer::balancer::types::Capabilities as C;
+                    let asked = Capabilities {
+                        outcomes: i.capabilities.contains(C::OUTCOMES),
+                        hand_over: i.capabilities.contains(C::HAND_OVER),
+                    };
+                    (i.name, i.version, asked)
+                }),
         }
         .map_err(|e| PluginError::Trapped {
             plugin: source.into(),
@@ -689,7 +682,9 @@ impl Instance {
         match &self.exports {
             Exports::V0_1(b) => b.call_init(&mut self.store, config_json),
             Exports::V0_2(b) => b.call_init(&mut self.store, config_json),
-            Exports::V0_3(b) => b.call_init(&mut self.store, config_json),
+            Exports::V0_3(b) => b
+                .veer_balancer_strategy()
+                .call_init(&mut self.store, config_json),
         }
         .map_err(classify)
     }
@@ -708,7 +703,8 @@ impl Instance {
             }
             Exports::V0_3(b) => {
                 let list: Vec<_> = backends.iter().map(Into::into).collect();
-                b.call_set_backends(&mut self.store, &list)
+                b.veer_balancer_strategy()
+                    .call_set_backends(&mut self.store, &list)
             }
         }
         .map_err(classify)
@@ -738,7 +734,8 @@ impl Instance {
         let Exports::V0_3(b) = &self.exports else {
             return Ok(());
         };
-        b.call_on_outcome(&mut self.store, outcome)
+        b.veer_balancer_strategy()
+            .call_on_outcome(&mut self.store, outcome)
             .map_err(classify)
     }
 
@@ -750,7 +747,10 @@ impl Instance {
         let Exports::V0_3(b) = &self.exports else {
             return Ok(None);
         };
-        let state = b.call_export_state(&mut self.store).map_err(classify)?;
+        let state = b
+            .veer_balancer_strategy()
+            .call_export_state(&mut self.store)
+            .map_err(classify)?;
         Ok((state.len() <= MAX_STATE_BYTES).then_some(state))
     }
 
@@ -765,7 +765,8 @@ impl Instance {
         let Exports::V0_3(b) = &self.exports else {
             return Ok(Ok(()));
         };
-        b.call_import_state(&mut self.store, state)
+        b.veer_balancer_strategy()
+            .call_import_state(&mut self.store, state)
             .map_err(classify)
     }
 

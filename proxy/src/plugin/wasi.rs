@@ -2,8 +2,9 @@
 //! standard library to work, answered without giving it anything of the
 //! host's:
 //!
-//! - `wasi:random/insecure-seed`: from the instance's seeded generator (the
-//!   seed of `std::collections::HashMap`);
+//! - `wasi:random/insecure-seed` and `wasi:random/random`: from the
+//!   instance's seeded generator (`HashMap`'s seed; Python's `random`),
+//!   which is no secret;
 //! - `wasi:cli/environment`: an empty environment, no arguments, no working
 //!   directory;
 //! - `wasi:cli/stdout` and `wasi:cli/stderr`: streams whose lines go to
@@ -21,14 +22,15 @@ use super::host::HostState;
 /// line is dropped.
 const MAX_LINE_BYTES: usize = 1024;
 
-/// A plugin's stdout (rep 1) or stderr (rep 2).
-pub struct OutputStream;
-
-/// `wasi:io/error`'s error, never made: the streams do not fail.
-pub struct IoError;
-
-/// `wasi:io/poll`'s pollable: always ready (the streams never block).
-pub struct Pollable;
+/// The host type of every WASI resource here (a stream, an error, a
+/// pollable): the one `define_unknown_imports_as_traps` gives the resources
+/// of the interfaces left to traps, which `use` these same types (a clock's
+/// pollable, a file's streams): one type, or linking fails. A handle's rep
+/// says what it is: stdout 1, stderr 2, a pollable 0.
+type Wasi = ();
+type OutputStream = Wasi;
+type IoError = Wasi;
+type Pollable = Wasi;
 
 /// `wasi:io/streams`'s `stream-error`.
 #[derive(ComponentType, Lower)]
@@ -41,6 +43,9 @@ enum StreamError {
     #[allow(dead_code)]
     Closed,
 }
+
+/// The most random bytes one call returns.
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
 
 const STDOUT: u32 = 1;
 const STDERR: u32 = 2;
@@ -101,6 +106,22 @@ pub fn add_to_linker(linker: &mut Linker<HostState>, VERSION: &str) -> wasmtime:
     random.func_wrap("insecure-seed", |mut store, (): ()| {
         let state = store.data_mut();
         Ok(((state.next_random(), state.next_random()),))
+    })?;
+
+    // Python's `random` and `os.urandom` read this.
+    let mut bytes = linker.instance(&format!("wasi:random/random@{VERSION}"))?;
+    bytes.func_wrap("get-random-bytes", |mut store, (len,): (u64,)| {
+        let state = store.data_mut();
+        let len = len.min(MAX_RANDOM_BYTES) as usize;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&state.next_random().to_le_bytes());
+        }
+        out.truncate(len);
+        Ok((out,))
+    })?;
+    bytes.func_wrap("get-random-u64", |mut store, (): ()| {
+        Ok((store.data_mut().next_random(),))
     })?;
 
     let mut environment = linker.instance(&format!("wasi:cli/environment@{VERSION}"))?;
