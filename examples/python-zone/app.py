@@ -2,50 +2,40 @@
 backend's `zone` label go to that zone's backends first, in turn; the others
 follow. Other requests go round the pool in turn.
 
-componentize-py makes a new `Strategy` object for each call: state lives in
-the module."""
-from wit_world import exports
-from wit_world.imports import veer_balancer_types as types
-from componentize_py_types import Err
-
-backends = []  # (id, zone) for each backend, by id
-turn = 0
+Written against Veer's Python SDK (`sdk/python/veer_sdk`), which keeps one
+`PyZone` for the life of the plugin instance and turns its exceptions into
+the contract's errors."""
+import veer_sdk
 
 
-class Strategy(exports.Strategy):
-    def info(self) -> types.PluginInfo:
-        return types.PluginInfo("py-zone", "0.1.0", types.Capabilities(0))
+class PyZone(veer_sdk.Strategy):
+    NAME = "py-zone"
+    VERSION = "0.1.0"
 
-    def init(self, config: str) -> None:
-        if config.strip() not in ("{}", ""):
-            raise Err("py-zone takes no configuration")
+    def __init__(self, config):
+        if config:
+            raise ValueError("py-zone takes no configuration")
+        self.backends = []  # (id, zone) for each backend, by id
+        self.turn = 0
 
-    def set_backends(self, given) -> None:
-        global backends
-        backends = [(b.id, dict(b.labels).get("zone")) for b in given]
+    def set_backends(self, backends):
+        self.backends = [(b.id, b.labels.get("zone")) for b in backends]
 
     def select(self, request):
-        global turn
-        turn += 1
+        self.turn += 1
         order = []
         zone = request.header("x-prefer")
         if zone is not None:
-            here = [i for (i, z) in backends if z == zone]
+            here = [i for (i, z) in self.backends if z == zone]
             if here:
-                start = turn % len(here)
+                start = self.turn % len(here)
                 order = here[start:] + here[:start]
-        n = len(backends)
+        n = len(self.backends)
         for k in range(n):
-            i = backends[(turn + k) % n][0]
+            i = self.backends[(self.turn + k) % n][0]
             if i not in order:
                 order.append(i)
         return order
 
-    def on_outcome(self, outcome) -> None:
-        pass
 
-    def export_state(self) -> bytes:
-        return b""
-
-    def import_state(self, state: bytes) -> None:
-        pass
+Strategy = veer_sdk.export(PyZone)

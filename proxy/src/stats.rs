@@ -30,6 +30,8 @@ pub struct BackendStats {
     latency_peak_ewma_us: AtomicU64,
     /// `now_ms()` of the last latency sample, for the peak-EWMA decay.
     latency_stamp_ms: AtomicU64,
+    /// No plugin of the pool reads the peak-EWMA: it is not kept (stays 0).
+    skip_peak: AtomicBool,
     /// Failures in a row (connect errors, timeouts, statuses that count).
     consecutive_failures: AtomicU32,
     /// `now_ms()` until which the backend is ejected; once past, the first
@@ -204,6 +206,15 @@ impl BackendStats {
         Some(InFlight(self.clone()))
     }
 
+    /// Keeps the peak-EWMA latency (when a plugin of the pool asks for it) or
+    /// stops keeping it (it then reads 0, as before a first sample).
+    pub fn keep_peak_latency(&self, keep: bool) {
+        self.skip_peak.store(!keep, Relaxed);
+        if !keep {
+            self.latency_peak_ewma_us.store(0, Relaxed);
+        }
+    }
+
     /// Records a response's time to headers. Load-then-store: two concurrent
     /// samples may lose one, which an average can afford.
     pub fn record_latency(&self, elapsed: Duration) {
@@ -216,6 +227,9 @@ impl BackendStats {
             (old + ((sample as i64 - old) >> EWMA_SHIFT)).max(1) as u64
         };
         self.latency_ewma_us.store(new, Relaxed);
+        if self.skip_peak.load(Relaxed) {
+            return;
+        }
 
         // Peak-EWMA: a slower sample is taken at once; a faster one is
         // blended in with a weight that grows with the time since the last.
@@ -512,5 +526,19 @@ mod tests {
             after > 40_000,
             "one fast sample right after barely moves it: {after}"
         );
+    }
+
+    #[test]
+    fn the_peak_ewma_is_not_kept_for_a_pool_whose_plugin_does_not_ask() {
+        let stats = BackendStats::default();
+        stats.record_latency(Duration::from_micros(700));
+        stats.keep_peak_latency(false);
+        assert_eq!(stats.latency_peak_ewma_us(), 0, "cleared when dropped");
+        stats.record_latency(Duration::from_micros(50_000));
+        assert_eq!(stats.latency_peak_ewma_us(), 0);
+        assert!(stats.latency_ewma_us() > 700, "the EWMA is still kept");
+        stats.keep_peak_latency(true);
+        stats.record_latency(Duration::from_micros(900));
+        assert_eq!(stats.latency_peak_ewma_us(), 900, "kept again");
     }
 }

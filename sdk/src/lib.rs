@@ -64,7 +64,8 @@ pub trait Strategy: Sized + 'static {
     /// Optional calls this strategy wants from the host:
     /// [`Capabilities::OUTCOMES`] for [`Strategy::on_outcome`],
     /// [`Capabilities::HAND_OVER`] for [`Strategy::export_state`] and
-    /// [`Strategy::import_state`]. None by default.
+    /// [`Strategy::import_state`], [`Capabilities::PEAK_LATENCY`] to read
+    /// [`BackendStats::latency_peak_ewma_us`]. None by default.
     const CAPABILITIES: Capabilities = Capabilities::NONE;
 
     /// Builds the strategy from the pool's `strategy_config`. Return
@@ -205,6 +206,9 @@ pub mod __private {
         }
         if T::CAPABILITIES.contains(Capabilities::HAND_OVER) {
             capabilities = capabilities | wit::Capabilities::HAND_OVER;
+        }
+        if T::CAPABILITIES.contains(Capabilities::PEAK_LATENCY) {
+            capabilities = capabilities | wit::Capabilities::PEAK_LATENCY;
         }
         wit::PluginInfo {
             name: T::NAME.to_string(),

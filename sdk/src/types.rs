@@ -67,7 +67,8 @@ pub struct BackendStats {
     /// Moving average of the time to response headers, µs (0: none yet).
     pub latency_ewma_us: u64,
     /// Peak-EWMA of the time to response headers, µs: jumps up with a slow
-    /// response, decays back (0: none yet).
+    /// response, decays back (0: none yet). Kept only for a strategy that
+    /// asks for [`Capabilities::PEAK_LATENCY`]; 0 otherwise.
     pub latency_peak_ewma_us: u64,
     /// False while the host considers the backend down (it skips such
     /// backends on its own).
@@ -255,7 +256,8 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// None: the host never calls `on_outcome` nor hands state over.
+    /// None: the host never calls `on_outcome`, hands no state over and
+    /// keeps no peak-EWMA latency.
     pub const NONE: Capabilities = Capabilities { bits: 0 };
     /// [`Strategy::on_outcome`](crate::Strategy::on_outcome) after every
     /// attempt.
@@ -265,6 +267,10 @@ impl Capabilities {
     /// [`Strategy::import_state`](crate::Strategy::import_state) on the new
     /// one (both must ask).
     pub const HAND_OVER: Capabilities = Capabilities { bits: 2 };
+    /// Keep [`BackendStats::latency_peak_ewma_us`] for the pool's backends:
+    /// without it that field reads 0 (the host saves a clock read and an
+    /// exponential per response).
+    pub const PEAK_LATENCY: Capabilities = Capabilities { bits: 4 };
 
     /// Both sets.
     pub const fn and(self, other: Capabilities) -> Capabilities {

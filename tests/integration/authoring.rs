@@ -121,6 +121,7 @@ fn build_python_zone(dir: &TempDir, version: &str, out: &Path) {
     )
     .unwrap();
     let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/0.3.0");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
     let out_arg = out.to_str().unwrap();
     let (ok, text) = run(
         &app_dir,
@@ -133,6 +134,8 @@ fn build_python_zone(dir: &TempDir, version: &str, out: &Path) {
             "componentize",
             "-p",
             ".",
+            "-p",
+            sdk.to_str().unwrap(),
             "app",
             "-o",
             out_arg,
@@ -142,6 +145,59 @@ fn build_python_zone(dir: &TempDir, version: &str, out: &Path) {
         ok,
         "componentize-py (pip install componentize-py==0.25.1, as .ci/run does): {text}"
     );
+}
+
+#[test]
+fn the_python_sdk_and_the_python_example_pass_their_native_unit_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (dir, tests) in [("sdk/python", 7), ("examples/python-zone", 4)] {
+        let out = Command::new("python3")
+            .args(["-m", "unittest", "-v"])
+            .current_dir(root.join(dir))
+            .env("PYTHONPATH", root.join("sdk/python"))
+            .output()
+            .expect("python3");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() && text.contains(&format!("Ran {tests} tests")),
+            "{dir}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_python_strategy_simulates_like_a_rust_one() {
+    let dir = TempDir::new("python-simulate");
+    let built = dir.join("py.wasm");
+    build_python_zone(&dir, "0.1.0", &built);
+    let (ok, text) = run(
+        &dir.join(""),
+        env!("CARGO_BIN_EXE_veer"),
+        &[
+            "plugin",
+            "simulate",
+            built.to_str().unwrap(),
+            "--backends",
+            "4",
+            "--requests",
+            "400",
+            "--header",
+            "x-prefer=a:1,-:1",
+        ],
+    );
+    assert!(ok, "{text}");
+    // As the Rust skeleton: half prefer zone a (backends 0 and 1), the rest
+    // go round all four: 3/8, 3/8, 1/8, 1/8.
+    let share = |id: &str| -> u64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} 10.0.0.")))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no line for backend {id}:\n{text}"))
+    };
+    assert!((110..190).contains(&share("0")), "{text}");
+    assert!((20..80).contains(&share("3")), "{text}");
+    assert!(text.contains("failures: none"), "{text}");
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! backend with no sample yet costs `default_rtt_ms`, so new backends get
 //! tried.
 use serde::Deserialize;
-use veer_sdk::{Backend, Candidates, Config, Rejection, Request, Strategy, export_strategy};
+use veer_sdk::{
+    Backend, Candidates, Capabilities, Config, Rejection, Request, Strategy, export_strategy,
+};
 use veer_strategy_kit::{checked_draws, power_of_choices};
 
 /// `strategy_config` of `peak-ewma`.
@@ -48,6 +50,7 @@ pub struct PeakEwma {
 impl Strategy for PeakEwma {
     const NAME: &'static str = "peak-ewma";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CAPABILITIES: Capabilities = Capabilities::PEAK_LATENCY;
 
     fn new(config: Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;

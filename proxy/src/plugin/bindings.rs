@@ -488,7 +488,9 @@ mod tests {
             versions.insert(path.split('/').next().unwrap().to_string());
             files.insert(path.to_string());
         }
-        assert!(versions.contains("0.1.0") && versions.contains("0.2.0"));
+        assert!(["0.1.0", "0.2.0", "0.3.0"]
+            .iter()
+            .all(|v| versions.contains(*v)));
         for version in &versions {
             let mut stack = vec![wit.join(version)];
             while let Some(dir) = stack.pop() {

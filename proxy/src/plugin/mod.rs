@@ -261,17 +261,17 @@ impl Runtime {
                 .map_or(0, |d| d.as_millis() as u64),
             log_budget: Arc::new(log::LogBudget::new(log::PLUGIN_LINES_PER_SECOND)),
             memory: self.memory.clone(),
-            capabilities: Capabilities::default(),
+            capabilities: Capabilities::OLDER_WORLDS,
         };
         let mut probe = Instance::new(&plugin, Arc::from([]), limits, 0)?;
         probe.start_call(limits.setup_timeout);
         let (name, version, capabilities) = match &probe.exports {
             Exports::V0_1(b) => b
                 .call_info(&mut probe.store)
-                .map(|i| (i.name, i.version, Capabilities::default())),
+                .map(|i| (i.name, i.version, Capabilities::OLDER_WORLDS)),
             Exports::V0_2(b) => b
                 .call_info(&mut probe.store)
-                .map(|i| (i.name, i.version, Capabilities::default())),
+                .map(|i| (i.name, i.version, Capabilities::OLDER_WORLDS)),
             Exports::V0_3(b) => b
                 .veer_balancer_strategy()
                 .call_info(&mut probe.store)
@@ -280,6 +280,7 @@ impl Runtime {
                     let asked = Capabilities {
                         outcomes: i.capabilities.contains(C::OUTCOMES),
                         hand_over: i.capabilities.contains(C::HAND_OVER),
+                        peak_latency: i.capabilities.contains(C::PEAK_LATENCY),
                     };
                     (i.name, i.version, asked)
                 }),
@@ -339,6 +340,30 @@ pub struct Capabilities {
     pub outcomes: bool,
     /// `export-state` / `import-state` across a swap.
     pub hand_over: bool,
+    /// The pool's backends keep a peak-EWMA latency.
+    pub peak_latency: bool,
+}
+
+impl Capabilities {
+    /// What 0.1.0 and 0.2.0 plugins get without asking: no optional calls,
+    /// and every statistic their `live-stats` may read.
+    pub const OLDER_WORLDS: Capabilities = Capabilities {
+        outcomes: false,
+        hand_over: false,
+        peak_latency: true,
+    };
+
+    /// What it asks for, by WIT name (for `veer plugin check`).
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.outcomes, "outcomes"),
+            (self.hand_over, "hand-over"),
+            (self.peak_latency, "peak-latency"),
+        ]
+        .into_iter()
+        .filter_map(|(asked, name)| asked.then_some(name))
+        .collect()
+    }
 }
 
 /// Largest state handed from one plugin version to the next (0.3.0

@@ -231,6 +231,9 @@ pub fn simulate(path: &Path, simulation: &Simulation) -> Result<SimulationReport
     let limits = crate::config::PluginsSection::default().limits();
     let plugin = runtime.load(&path.display().to_string(), &bytes, limits)?;
     let stats: Arc<[Arc<BackendStats>]> = backends.iter().map(|_| Default::default()).collect();
+    for s in stats.iter() {
+        s.keep_peak_latency(plugin.capabilities().peak_latency);
+    }
     let trapped = |call, e: CallError| PluginError::Trapped {
         plugin: plugin.name().to_string(),
         call,

@@ -147,6 +147,16 @@ impl Balancer {
                 .map_or(1, |d| d.as_nanos() as u64),
             s => s,
         };
+        // The peak-EWMA costs a clock read and an exponential per response:
+        // kept only when a version that may serve the pool reads it.
+        let peak = plugin.capabilities().peak_latency
+            || settings
+                .last_good
+                .as_ref()
+                .is_some_and(|LastGood(good)| good.plugin.capabilities().peak_latency);
+        for stats in settings.stats.iter() {
+            stats.keep_peak_latency(peak);
+        }
         let plugin_for_hand_over = plugin.clone();
         let recipe = Arc::new(Recipe {
             plugin,
