@@ -10,11 +10,28 @@
 //! A backend's place on the ring comes from its `hash_key` label when it has
 //! one, else from its address: give backends a `hash_key` to keep their keys
 //! when their address changes.
+//!
+//! `ring = "nginx"` places keys exactly as NGINX 1.22's `hash KEY
+//! consistent` does for the same `server` lines and weights (see
+//! [`nginx`]): CRC-32 of the key, `weight × 160` CRC-32 points per server
+//! from its address text (host, a zero byte, port). The answer is the
+//! distinct backends of the 21 points NGINX would walk, in its order, so the
+//! first healthy one is NGINX's choice; then a few more, where NGINX falls
+//! back to round robin. As in NGINX, a request whose key is missing or empty
+//! is served in (smooth weighted) round robin, not keyed by client address;
+//! `fallbacks` does not apply, `points_per_weight` stays 160 and
+//! `bounded_load` is refused. For the same keys use the same key source:
+//! `query:NAME` for `$arg_NAME`, `header:NAME` for `$http_NAME`,
+//! `cookie:NAME` for `$cookie_NAME`, `client-ip` for `$remote_addr`.
 use serde::Deserialize;
 use veer_sdk::{
     Backend, BackendId, Candidates, Config, Rejection, Request, Strategy, export_strategy,
 };
-use veer_strategy_kit::{Distinct, Ketama, Maglev, bounded, hash};
+use veer_strategy_kit::{Distinct, Ketama, Maglev, SmoothWeighted, bounded, hash, rotate_into};
+
+pub mod nginx;
+
+use nginx::NginxRing;
 
 /// `strategy_config` of `consistent-hash`.
 #[derive(Debug, Deserialize)]
@@ -22,7 +39,7 @@ use veer_strategy_kit::{Distinct, Ketama, Maglev, bounded, hash};
 pub struct Settings {
     /// What to hash (default `client-ip`).
     pub key: String,
-    /// `ketama` (default) or `maglev`.
+    /// `ketama` (default), `maglev` or `nginx`.
     pub ring: String,
     /// Ketama points per weight unit (default 160, as NGINX).
     pub points_per_weight: u32,
@@ -82,23 +99,17 @@ impl Key {
     }
 }
 
-/// Either ring.
+/// The ring in use.
 #[derive(Debug)]
 pub enum Ring {
     /// Ketama.
     Ketama(Ketama),
     /// Maglev.
     Maglev(Maglev),
+    /// NGINX's `hash … consistent`.
+    Nginx(NginxRing),
 }
 
-impl Ring {
-    fn walk(&self, h: u64) -> Distinct<'_> {
-        match self {
-            Ring::Ketama(r) => r.walk(h),
-            Ring::Maglev(r) => r.walk(h),
-        }
-    }
-}
 
 /// Settings and the ring built for the current backends.
 #[derive(Debug)]
@@ -107,6 +118,11 @@ pub struct ConsistentHash {
     key: Key,
     ring: Ring,
     weights: Vec<u32>,
+    /// Ids in configuration order, for the round robin of keyless requests
+    /// (`ring = "nginx"`).
+    ids: Vec<BackendId>,
+    /// That round robin's turn (`ring = "nginx"`).
+    turn: SmoothWeighted,
 }
 
 impl ConsistentHash {
@@ -127,16 +143,23 @@ impl ConsistentHash {
             .collect();
         self.ring = match self.settings.ring.as_str() {
             "maglev" => Ring::Maglev(Maglev::new(&set, self.settings.table_size)),
+            "nginx" => Ring::Nginx(NginxRing::new(&set)),
             _ => Ring::Ketama(Ketama::new(&set, self.settings.points_per_weight)),
         };
         self.weights = backends.iter().map(|b| b.weight).collect();
+        self.ids = backends.iter().map(|b| b.id).collect();
+        self.turn = SmoothWeighted::new(&self.weights);
     }
 
     /// The order for key bytes; `in_flight` (by id) is read only with
     /// bounded load.
     pub fn order(&self, key: &[u8], in_flight: impl FnOnce() -> Vec<u32>) -> Vec<BackendId> {
         let want = 1 + self.settings.fallbacks;
-        let walk = self.ring.walk(hash(key));
+        let walk: Distinct<'_> = match &self.ring {
+            Ring::Ketama(r) => r.walk(hash(key)),
+            Ring::Maglev(r) => r.walk(hash(key)),
+            Ring::Nginx(r) => return r.order(nginx::crc32(key)),
+        };
         match self.settings.bounded_load {
             Some(factor) => bounded(walk, &in_flight(), &self.weights, factor, want),
             None => walk.take(want).collect(),
@@ -151,11 +174,26 @@ impl Strategy for ConsistentHash {
     fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
         let key = Key::parse(&settings.key)?;
-        if !matches!(settings.ring.as_str(), "ketama" | "maglev") {
+        if !matches!(settings.ring.as_str(), "ketama" | "maglev" | "nginx") {
             return Err(format!(
-                "\"ring\" must be \"ketama\" or \"maglev\", got {:?}",
+                "\"ring\" must be \"ketama\", \"maglev\" or \"nginx\", got {:?}",
                 settings.ring
             ));
+        }
+        if settings.ring == "nginx" {
+            if settings.points_per_weight != nginx::POINTS_PER_WEIGHT {
+                return Err(format!(
+                    "\"points_per_weight\" is fixed at 160 with ring = \"nginx\" (as in NGINX), got {}",
+                    settings.points_per_weight
+                ));
+            }
+            if settings.bounded_load.is_some() {
+                return Err(
+                    "\"bounded_load\" cannot be used with ring = \"nginx\" (NGINX has no bounded load); \
+                     remove it, or use ring = \"ketama\" or \"maglev\""
+                        .into(),
+                );
+            }
         }
         if !(1..=10_000).contains(&settings.points_per_weight) {
             return Err(format!(
@@ -181,6 +219,8 @@ impl Strategy for ConsistentHash {
             key,
             ring: Ring::Ketama(Ketama::default()),
             weights: Vec::new(),
+            ids: Vec::new(),
+            turn: SmoothWeighted::default(),
         })
     }
 
@@ -189,6 +229,25 @@ impl Strategy for ConsistentHash {
     }
 
     fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
+        if matches!(self.ring, Ring::Nginx(_)) {
+            // As NGINX: the key's text (`client-ip` is `$remote_addr`); a
+            // missing or empty key is served in round robin.
+            let key = match &self.key {
+                Key::ClientIp => Some(request.client().to_string()),
+                Key::Path => Some(request.path()),
+                Key::Header(name) => request.header(name),
+                Key::Cookie(name) => request.cookie(name),
+                Key::Query(name) => request.query_param(name),
+            };
+            match key.filter(|k| !k.is_empty()) {
+                Some(key) => out.extend(self.order(key.as_bytes(), Vec::new)),
+                None => {
+                    let first = self.turn.pick().unwrap_or(0);
+                    rotate_into(&self.ids, first, out);
+                }
+            }
+            return Ok(());
+        }
         let value = match &self.key {
             Key::ClientIp => None,
             Key::Path => Some(request.path()),
@@ -211,6 +270,7 @@ export_strategy!(ConsistentHash);
 mod tests {
     use super::*;
 
+    use veer_sdk::BackendStats;
     use veer_sdk::testing::{FakeHost, FakeRequest, backends};
 
     fn strategy(config: &str, n: u32) -> ConsistentHash {
@@ -257,7 +317,9 @@ mod tests {
             Key::Header("x-user".into())
         );
         assert!(Key::parse("header:").unwrap_err().contains("header:NAME"));
-        assert!(ConsistentHash::new(Config::new(r#"{"ring":"jump"}"#)).is_err());
+        assert!(ConsistentHash::new(Config::new(r#"{"ring":"jump"}"#))
+            .unwrap_err()
+            .contains("\"ketama\", \"maglev\" or \"nginx\""));
         assert!(ConsistentHash::new(Config::new(r#"{"bounded_load":0.5}"#)).is_err());
     }
 
@@ -297,4 +359,150 @@ mod tests {
         load[owner as usize] = 10; // cap: ceil(1.25 × 11 / 4) = 4
         assert_ne!(s.order(b"hot", || load.clone())[0], owner);
     }
+
+    // ---- ring = "nginx": known answers from a real NGINX ----
+    //
+    // `nginx-1.22.1-known-answers.txt` was recorded from the real
+    // /usr/sbin/nginx 1.22.1 by a throwaway script (not in the repository):
+    // nginx itself ran the backends (server blocks answering `return 200
+    // "<index>"`) and, per scenario, an `upstream { hash $arg_key
+    // consistent; server TEXT weight=W [down]; … }` proxied to them; the
+    // script sent `GET /?key=<key(i)>` for i in 0..1000 and wrote, per
+    // scenario, one digit per key: the index in NGINX_SERVERS of the backend
+    // that answered. Scenarios: all six servers; server 1 removed; server 2
+    // marked `down`; servers 2 and 1 `down`.
+
+    const KNOWN: &str = include_str!("nginx-1.22.1-known-answers.txt");
+
+    /// The `server` lines of the recording: text as written, weight.
+    const NGINX_SERVERS: [(&str, u32); 6] = [
+        ("127.0.0.1:18081", 1),
+        ("127.0.0.1:18082", 2),
+        ("127.0.0.1:18083", 3),
+        ("127.0.0.1:18084", 1),
+        ("127.0.0.2", 2),
+        ("unix:/tmp/nginx-vectors/run/b5.sock", 1),
+    ];
+
+    /// Key number `i` of the recording.
+    fn recorded_key(i: u32) -> String {
+        if i < 500 {
+            format!("user-{i}")
+        } else {
+            format!("{:x}/{i}", (i as u64 * 2_654_435_761) % (1 << 32))
+        }
+    }
+
+    fn known(scenario: &str) -> Vec<usize> {
+        let line = KNOWN
+            .lines()
+            .find_map(|l| l.strip_prefix(scenario)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no scenario {scenario}"));
+        line.bytes().map(|b| (b - b'0') as usize).collect()
+    }
+
+    /// Keys on which an `ring = "nginx"` strategy over `servers` (indices in
+    /// NGINX_SERVERS), with `down` ones unhealthy, picks as NGINX did: the
+    /// first healthy backend of its answer, as the host takes it.
+    fn agreement(scenario: &str, servers: &[usize], down: &[usize]) -> (usize, usize) {
+        let expected = known(scenario);
+        let backends: Vec<Backend> = servers
+            .iter()
+            .enumerate()
+            .map(|(id, &s)| {
+                Backend::new(id as u32, NGINX_SERVERS[s].0).with_weight(NGINX_SERVERS[s].1)
+            })
+            .collect();
+        let mut s =
+            ConsistentHash::new(Config::new(r#"{"key":"query:key","ring":"nginx"}"#)).unwrap();
+        s.set_backends(&backends);
+        let healthy = |id: u32| !down.contains(&servers[id as usize]);
+        let mut host = FakeHost::new().with_stats(
+            (0..servers.len() as u32)
+                .map(|id| {
+                    if healthy(id) {
+                        BackendStats::new()
+                    } else {
+                        BackendStats::new().down()
+                    }
+                })
+                .collect(),
+        );
+        let agree = (0..expected.len() as u32)
+            .filter(|&i| {
+                let request = FakeRequest::get(&format!("/?key={}", recorded_key(i)));
+                let answer = host.select(&mut s, &request).unwrap();
+                let mut seen = std::collections::HashSet::new();
+                assert!(answer.iter().all(|id| seen.insert(*id)), "distinct: {answer:?}");
+                let pick = answer.iter().copied().find(|&id| healthy(id));
+                pick.map(|id| servers[id as usize]) == Some(expected[i as usize])
+            })
+            .count();
+        (agree, expected.len())
+    }
+
+    #[test]
+    fn nginx_ring_places_1000_keys_as_nginx_1_22_with_unequal_weights() {
+        assert_eq!(agreement("chash_all", &[0, 1, 2, 3, 4, 5], &[]), (1000, 1000));
+    }
+
+    #[test]
+    fn nginx_ring_places_keys_as_nginx_after_a_server_is_removed() {
+        assert_eq!(agreement("chash_removed", &[0, 2, 3, 4, 5], &[]), (1000, 1000));
+    }
+
+    #[test]
+    fn nginx_ring_answers_in_nginx_walking_order_so_a_down_server_is_skipped_as_nginx_does() {
+        let all = [0, 1, 2, 3, 4, 5];
+        assert_eq!(agreement("chash_down", &all, &[2]), (1000, 1000));
+        assert_eq!(agreement("chash_down2", &all, &[2, 1]), (1000, 1000));
+    }
+
+    #[test]
+    fn nginx_ring_serves_a_missing_or_empty_key_in_weighted_round_robin() {
+        let mut s =
+            ConsistentHash::new(Config::new(r#"{"key":"query:key","ring":"nginx"}"#)).unwrap();
+        s.set_backends(&[
+            Backend::new(0, "127.0.0.1:1").with_weight(5),
+            Backend::new(1, "127.0.0.1:2"),
+            Backend::new(2, "127.0.0.1:3"),
+        ]);
+        let mut host = FakeHost::new();
+        let firsts: String = ["/", "/?key=", "/?other=1", "/", "/?key=", "/", "/"]
+            .iter()
+            .map(|t| (b'a' + host.select(&mut s, &FakeRequest::get(t)).unwrap()[0] as u8) as char)
+            .collect();
+        assert_eq!(firsts, "aabacaa", "NGINX's smooth weighted round robin");
+        // A key is hashed, whatever the turn.
+        let keyed = host.select(&mut s, &FakeRequest::get("/?key=user-1")).unwrap();
+        assert_eq!(host.select(&mut s, &FakeRequest::get("/?key=user-1")).unwrap(), keyed);
+    }
+
+    #[test]
+    fn nginx_ring_refuses_settings_nginx_has_not() {
+        let err = |c: &str| ConsistentHash::new(Config::new(c)).unwrap_err();
+        assert!(err(r#"{"ring":"nginx","bounded_load":1.25}"#).contains("bounded_load"));
+        assert!(err(r#"{"ring":"nginx","points_per_weight":100}"#).contains("160"));
+        let bad = err(r#"{"ring":"nginx2"}"#);
+        assert!(bad.contains("\"ring\"") && bad.contains("\"nginx\""), "{bad}");
+        assert!(ConsistentHash::new(Config::new(r#"{"ring":"nginx","points_per_weight":160}"#)).is_ok());
+    }
+
+    #[test]
+    fn nginx_ring_lists_the_window_then_a_few_more() {
+        // 20 equal servers: the 21-point window holds several, and the
+        // answer never repeats one.
+        let backends: Vec<Backend> = (0..20)
+            .map(|i| Backend::new(i, format!("10.0.0.{i}:80")))
+            .collect();
+        let mut s = ConsistentHash::new(Config::new(r#"{"ring":"nginx"}"#)).unwrap();
+        s.set_backends(&backends);
+        let order = s.order(b"user-7", Vec::new);
+        let mut sorted = order.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), order.len());
+        assert!(order.len() > nginx::AFTER_WINDOW && order.len() <= 20, "{order:?}");
+    }
+
 }
