@@ -2,5 +2,6 @@
 //! plugin against synthetic traffic under the real host; `scaffold` makes a
 //! new plugin crate.
 
+pub mod import_nginx;
 pub mod scaffold;
 pub mod simulate;
