@@ -112,6 +112,24 @@ pub enum Error {
     /// finished.
     #[error("stopped at once by a second signal; requests still in flight were cut off")]
     Forced,
+    /// A zero-downtime upgrade could not take over from the running
+    /// process (which keeps serving).
+    #[error("could not take over from the process at {}: {reason}", path.display())]
+    TakeOver {
+        /// The running process's upgrade socket.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The socket that waits for an upgrade (`server.upgrade_socket`) could
+    /// not be set up.
+    #[error("server.upgrade_socket {}: {reason}", path.display())]
+    UpgradeSocket {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The listening socket could not be set up.
     #[error("could not listen on {addr}: {source} (is another process using the port?)")]
     Listen {

@@ -9,7 +9,9 @@
 //! Data plane:
 //! - `listen/`: the listening sockets (plain and TLS: certificates by SNI,
 //!   reloaded live), one worker thread per core, client connections (limits,
-//!   one timer each), signals and graceful shutdown.
+//!   one timer each), signals and graceful shutdown, and the zero-downtime
+//!   upgrade (`takeover`: the sockets handed to a new process over a Unix
+//!   socket).
 //! - `http/`: the path of one request: authority and route, the strategy's
 //!   candidates, host-side policy on them (slow start, the retry budget),
 //!   header rewriting, the attempt loop (retries, timeouts, ejection), the
@@ -51,7 +53,9 @@
 //! - [`demo`]: `veer demo`, three in-process backends behind the proxy.
 //! - [`tools`]: for plugin authors, `veer plugin simulate` (synthetic
 //!   traffic through the real host) and `veer plugin new` (a crate to start
-//!   from).
+//!   from); for those moving over, `veer import nginx` (`import_nginx/`: an
+//!   NGINX configuration's tokenizer and parser, and its conversion to a
+//!   `veer.toml` that lists what it could not carry over).
 //!
 //! Strategies only *order* candidates; the host owns health, counters,
 //! retries and timeouts.
@@ -87,7 +91,11 @@ pub use plugin::{Answer, MAX_ANSWER, Verdict};
 /// SIGHUP reloads the configuration file. For embedding and tests; the
 /// `veer` binary uses [`serve`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let server = Server::bind(config)?;
+    run_bound(Server::bind(config)?, shutdown).await
+}
+
+/// [`run`] on a bound server.
+async fn run_bound(server: Server, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let handle = server.handle();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(Error::Signal)?;
@@ -107,6 +115,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub async fn serve(config: Config) -> Result<(), Error> {
     let signals = listen::signal::Signals::install()?;
     until_second_signal(run(config, first_signal(signals.first)), signals.second).await
+}
+
+/// [`serve`], after taking the listening sockets over from the Veer process
+/// waiting at `from` (its `server.upgrade_socket`): a zero-downtime binary
+/// upgrade. That process stops accepting, drains and exits once this one
+/// serves; if this one fails first, it serves on (see [`Server::take_over`]).
+pub async fn take_over(config: Config, from: &std::path::Path) -> Result<(), Error> {
+    let signals = listen::signal::Signals::install()?;
+    let serving = async {
+        let server = Server::take_over(config, from).await?;
+        run_bound(server, first_signal(signals.first)).await
+    };
+    until_second_signal(serving, signals.second).await
 }
 
 async fn first_signal(first: tokio::sync::oneshot::Receiver<()>) {
@@ -135,6 +156,15 @@ pub struct CheckReport {
 /// Validates `config` fully without serving: loads its plugins and initialises
 /// each pool's strategy with its configuration, as a start would.
 pub fn check(config: &Config) -> Result<CheckReport, Error> {
+    let mut filled;
+    let config = match config.pools.iter().any(|p| p.discovery.is_some()) {
+        false => config,
+        true => {
+            filled = config.clone();
+            control::discovery::fill(&mut filled, &[])?;
+            &filled
+        }
+    };
     let runtime = plugin::Runtime::with_cache(
         config.plugins.cache_dir.clone(),
         config.plugins.cache_max_bytes,
@@ -167,13 +197,17 @@ pub fn check(config: &Config) -> Result<CheckReport, Error> {
         .map(|p| {
             let plugin = p.balancer.plugin();
             format!(
-                "pool {}: strategy {} {} ({}, {}), {} backend(s)",
+                "pool {}: strategy {} {} ({}, {}), {} backend(s){}",
                 p.config.name,
                 plugin.name(),
                 plugin.version(),
                 plugin.world(),
                 plugin.source(),
-                p.config.backends.len()
+                p.config.backends.len(),
+                match &p.config.discovery {
+                    Some(d) => format!(" found by {}", d.describe()),
+                    None => String::new(),
+                }
             )
         })
         .collect::<Vec<String>>();
@@ -190,6 +224,8 @@ pub struct PluginReport {
     pub version: String,
     /// The world it was built for, e.g. `veer:balancer@0.2.0`.
     pub world: &'static str,
+    /// The optional host calls it asks for (0.3.0 `capabilities`).
+    pub asks: Vec<&'static str>,
     /// What `init` said about the configuration: `Err` is its refusal.
     pub init: Result<(), String>,
     /// `select` on synthetic requests (after `set-backends` with
@@ -298,6 +334,11 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
         name: plugin.name().to_string(),
         version: plugin.version().to_string(),
         world: plugin.world(),
+        // Older worlds have no capabilities to ask for.
+        asks: match plugin.world().ends_with("@0.3.0") {
+            true => plugin.capabilities().names(),
+            false => Vec::new(),
+        },
         init,
         selects,
     })

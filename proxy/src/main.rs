@@ -23,6 +23,11 @@ enum Command {
         /// The TOML configuration.
         #[arg(long, short)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets over from the
+        /// Veer process waiting at this Unix socket (its
+        /// `server.upgrade_socket`); it drains and exits once this one serves.
+        #[arg(long, value_name = "PATH")]
+        take_over: Option<PathBuf>,
     },
     /// Validate a configuration file (plugins included) without serving.
     Check {
@@ -32,6 +37,9 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Turn another proxy's configuration into a `veer.toml`.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Start three demo backends and the proxy in front of them; no file needed.
     Demo {
         /// Where the proxy listens (plain HTTP).
@@ -43,6 +51,20 @@ enum Command {
         /// Where the admin listener (dashboard, metrics, API) listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Read an NGINX configuration and write the equivalent `veer.toml`;
+    /// what could not be carried over is listed on stderr (and at the top
+    /// of the TOML), each with its line.
+    Nginx {
+        /// The NGINX configuration (`include` is not followed).
+        file: PathBuf,
+        /// Where to write the TOML (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -131,15 +153,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run { config, take_over } => {
             let loaded = veer::Config::load(&config)
                 .with_context(|| format!("{} is not valid", config.display()))?;
             let output = loaded.access_log_output.as_str();
             let _logs = veer::logging::init(Some(output))
                 .with_context(|| format!("access_log.output {output:?} could not be opened"))?;
-            control_runtime()?
-                .block_on(veer::serve(loaded))
-                .context("veer stopped")
+            let runtime = control_runtime()?;
+            match take_over {
+                None => runtime.block_on(veer::serve(loaded)),
+                Some(from) => runtime.block_on(veer::take_over(loaded, &from)),
+            }
+            .context("veer stopped")
         }
         Command::Plugin(PluginCommand::Simulate {
             file,
@@ -199,6 +224,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not usable", file.display()))?;
             println!("plugin: {} {}", report.name, report.version);
             println!("world:  {}", report.world);
+            if !report.asks.is_empty() {
+                println!("asks:   {}", report.asks.join(", "));
+            }
             if let Err(message) = report.init {
                 println!("init:   refused {config}: {message}");
                 anyhow::bail!("{} refuses this configuration", report.name)
@@ -260,6 +288,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report.name,
                     report.selects.len()
                 )
+            }
+            Ok(())
+        }
+        Command::Import(ImportCommand::Nginx { file, output }) => {
+            let imported =
+                veer::tools::import_nginx::import_file(&file).map_err(anyhow::Error::msg)?;
+            match &output {
+                Some(out) => std::fs::write(out, &imported.toml)
+                    .with_context(|| format!("{} could not be written", out.display()))?,
+                None => print!("{}", imported.toml),
+            }
+            let origin = file.display().to_string();
+            for line in imported.report(&origin) {
+                eprintln!("{line}");
             }
             Ok(())
         }

@@ -91,4 +91,9 @@ pub struct Shared {
     pub acme: Option<Arc<crate::listen::tls::Challenges>>,
     /// Set while the workers serve (readiness); cleared on shutdown.
     pub serving: std::sync::atomic::AtomicBool,
+    /// Set before the workers are told to stop when a new process has taken
+    /// the listening sockets over: keep-alive connections then close
+    /// politely (HTTP/1.1 `Connection: close` on the next response) rather
+    /// than at once, since their clients are still served, by the new one.
+    pub handed_over: std::sync::atomic::AtomicBool,
 }

@@ -62,7 +62,19 @@ impl Backend {
 
     /// A backend that waits `delay` before every answer (a slow backend).
     pub async fn start_with(name: &str, delay: Duration) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(name, delay, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A backend on `addr` (e.g. another loopback address, on a port the
+    /// test chose); `None` when that address cannot be bound.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Option<Backend> {
+        Backend::start_on(name, Duration::ZERO, addr).await
+    }
+
+    async fn start_on(name: &str, delay: Duration, addr: SocketAddr) -> Option<Backend> {
+        let listener = TcpListener::bind(addr).await.ok()?;
         let backend = Backend {
             addr: listener.local_addr().unwrap(),
             name: name.to_string(),
@@ -114,7 +126,7 @@ impl Backend {
                 });
             }
         });
-        backend
+        Some(backend)
     }
 }
 

@@ -24,6 +24,7 @@
 //! Errors name the key path (`pools.web.backends[1].weight`) and the reason.
 
 mod admin;
+mod discovery;
 mod health;
 mod observe;
 mod outlier;
@@ -42,13 +43,14 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 pub use admin::{AdminSection, AdminSettings};
+pub use discovery::{Discovery, DiscoverySection, Source};
 pub use health::{CheckKind, HealthCheck, HealthSection, HttpCheck};
 pub use observe::{AccessLog, AccessLogSection, LogFormat, TraceSection, TraceSettings};
 pub use outlier::{Ejection, OutlierSection};
 pub use plugins::{PluginLimits, PluginSettings, PluginsSection};
 pub use pools::{
     AllDown, BackendConfig, BackendSection, PluginFailure, PoolConfig, PoolSection, Protocol,
-    UpstreamTls, UpstreamTlsSection,
+    UpstreamTls, UpstreamTlsSection, validate_backends,
 };
 pub use retry::{RetryPolicy, RetrySection};
 pub use routes::{Route, RouteSection};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::discovery::{Discovery, DiscoverySection};
 use super::health::{HealthCheck, HealthSection};
 use super::outlier::{Ejection, OutlierSection};
 use super::retry::{RetryPolicy, RetrySection};
@@ -18,8 +19,13 @@ use crate::error::ConfigError;
 #[serde(deny_unknown_fields)]
 pub struct PoolSection {
     /// Backends: `"host:port"` strings or tables
-    /// `{ address, weight = 1, labels = {} }`. Required, not empty.
+    /// `{ address, weight = 1, labels = {} }`. Required, not empty, unless
+    /// `discovery` finds them.
+    #[serde(default)]
     pub backends: Vec<BackendSection>,
+    /// Backends found in DNS or a file instead (see [`DiscoverySection`]).
+    #[serde(default)]
+    pub discovery: Option<DiscoverySection>,
     /// Strategy plugin name (a built-in or a loaded file). Default
     /// `round-robin`.
     #[serde(default = "default_strategy")]
@@ -302,8 +308,11 @@ impl<'de> Deserialize<'de> for BackendSection {
 pub struct PoolConfig {
     /// The pool's name.
     pub name: String,
-    /// Backends in configuration order (their index is their id).
+    /// Backends in configuration order (their index is their id). With
+    /// `discovery`, empty until the control plane fills in what it found.
     pub backends: Vec<BackendConfig>,
+    /// See [`PoolSection::discovery`].
+    pub discovery: Option<Discovery>,
     /// Strategy plugin name.
     pub strategy: String,
     /// Strategy config as JSON.
@@ -375,40 +384,27 @@ pub(super) fn validate_pool(
             "pool names use letters, digits, '-' and '_'",
         ));
     }
-    if pool.backends.is_empty() {
-        return Err(ConfigError::at(
-            format!("{key}.backends"),
-            "empty; a pool needs at least one backend",
-        ));
-    }
-    let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
-    for (i, b) in pool.backends.iter().enumerate() {
-        let bkey = format!("{key}.backends[{i}]");
-        let addr = resolve(&b.address)
-            .map_err(|reason| ConfigError::at(format!("{bkey}.address"), reason))?;
-        if b.weight == 0 {
+    let discovery = pool
+        .discovery
+        .as_ref()
+        .map(|d| d.validate(&format!("{key}.discovery"), base_dir))
+        .transpose()?;
+    match (pool.backends.is_empty(), &discovery) {
+        (true, None) => {
             return Err(ConfigError::at(
-                format!("{bkey}.weight"),
-                "must be at least 1 (remove the backend to take it out)",
+                format!("{key}.backends"),
+                "empty; a pool needs at least one backend (or [discovery] to find them)",
             ));
         }
-        if let Some(dup) = backends.iter().position(|o| o.addr == addr) {
+        (false, Some(_)) => {
             return Err(ConfigError::at(
-                format!("{bkey}.address"),
-                format!("{} is already backends[{dup}]", b.address),
+                format!("{key}.backends"),
+                "give backends or [discovery], not both",
             ));
         }
-        backends.push(BackendConfig {
-            address: b.address.clone(),
-            addr,
-            weight: b.weight,
-            labels: b
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        });
+        _ => {}
     }
+    let backends = validate_backends(&format!("{key}.backends"), &pool.backends)?;
     const DAY_MS: u64 = 86_400_000;
     let ms = |name: &str, value: u64, max: u64| bounded_ms(&format!("{key}.{name}"), value, 1, max);
     let ms_of = ms;
@@ -533,6 +529,7 @@ pub(super) fn validate_pool(
     Ok(PoolConfig {
         name: name.to_string(),
         backends,
+        discovery,
         strategy: pool.strategy.clone(),
         strategy_config,
         connect_timeout,
@@ -554,6 +551,44 @@ pub(super) fn validate_pool(
         health,
         retry,
     })
+}
+
+/// Checks a list of backends (`key` names the list, e.g.
+/// `pools.web.backends`): addresses resolve, weights are at least 1, no
+/// address twice. Names are resolved with the system's resolver, blocking.
+pub fn validate_backends(
+    key: &str,
+    sections: &[BackendSection],
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    let mut backends: Vec<BackendConfig> = Vec::with_capacity(sections.len());
+    for (i, b) in sections.iter().enumerate() {
+        let bkey = format!("{key}[{i}]");
+        let addr = resolve(&b.address)
+            .map_err(|reason| ConfigError::at(format!("{bkey}.address"), reason))?;
+        if b.weight == 0 {
+            return Err(ConfigError::at(
+                format!("{bkey}.weight"),
+                "must be at least 1 (remove the backend to take it out)",
+            ));
+        }
+        if let Some(dup) = backends.iter().position(|o| o.addr == addr) {
+            return Err(ConfigError::at(
+                format!("{bkey}.address"),
+                format!("{} is already backends[{dup}]", b.address),
+            ));
+        }
+        backends.push(BackendConfig {
+            address: b.address.clone(),
+            addr,
+            weight: b.weight,
+            labels: b
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        });
+    }
+    Ok(backends)
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {

@@ -2,6 +2,7 @@
 //! shutdown may take.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -73,6 +74,12 @@ pub struct ServerSection {
     /// to the same host and path over HTTPS (the `[tls]` listener's port).
     /// 0 serves plain HTTP. Default 0.
     pub redirect_to_https: u16,
+    /// A Unix socket where this process waits for its successor: `veer run
+    /// --take-over PATH` connects there, receives the listening sockets and
+    /// takes over (zero-downtime binary upgrade). An absolute path; the
+    /// socket is made mode 0600 and only a peer of the same user (or root)
+    /// is served. Default `""`: off.
+    pub upgrade_socket: String,
 }
 
 /// Which path a backend gets.
@@ -107,6 +114,7 @@ impl Default for ServerSection {
             trusted_proxies: Vec::new(),
             forward_path: ForwardPath::Original,
             redirect_to_https: 0,
+            upgrade_socket: String::new(),
         }
     }
 }
@@ -151,7 +159,14 @@ pub struct ServerSettings {
     pub forward_path: ForwardPath,
     /// See [`ServerSection::redirect_to_https`]; `None` when off.
     pub redirect_to_https: Option<http::StatusCode>,
+    /// See [`ServerSection::upgrade_socket`]; `None` when off.
+    pub upgrade_socket: Option<PathBuf>,
 }
+
+/// The longest `server.upgrade_socket`, bytes: a Unix socket path has room
+/// for 107, and the socket is first bound under a temporary name up to 7
+/// bytes longer (see `listen/takeover.rs`).
+pub const MAX_UPGRADE_SOCKET_BYTES: usize = 100;
 
 /// One hour: the upper bound of every client-side timer.
 const HOUR_MS: u64 = 3_600_000;
@@ -218,6 +233,7 @@ impl ServerSection {
             0,
             HOUR_MS,
         )?;
+        let upgrade_socket = upgrade_socket(&self.upgrade_socket)?;
         Ok(ServerSettings {
             listen,
             workers,
@@ -272,8 +288,34 @@ impl ServerSection {
             trusted_proxies,
             forward_path: self.forward_path,
             redirect_to_https,
+            upgrade_socket,
         })
     }
+}
+
+/// `server.upgrade_socket`: off (`""`), or an absolute path short enough
+/// for a Unix socket.
+fn upgrade_socket(text: &str) -> Result<Option<PathBuf>, ConfigError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason: String| ConfigError::at("server.upgrade_socket", reason);
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(bad(format!(
+            "{text:?} is not an absolute path, e.g. \"/run/veer/upgrade.sock\""
+        )));
+    }
+    if text.ends_with('/') || path.file_name().is_none() {
+        return Err(bad(format!("{text:?} names a folder, not a socket file")));
+    }
+    if text.len() > MAX_UPGRADE_SOCKET_BYTES {
+        return Err(bad(format!(
+            "{text:?} is {} bytes long; a Unix socket path may have at most {MAX_UPGRADE_SOCKET_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(Some(path))
 }
 
 /// `"10.0.0.0/8"`, `"::1/128"` or a bare address (a block of one).
@@ -349,6 +391,26 @@ mod tests {
             .unwrap();
         let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, vec!["10.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn the_upgrade_socket_is_off_by_default_and_must_be_a_short_absolute_path() {
+        assert_eq!(section("").validate().unwrap().upgrade_socket, None);
+        let on = section("upgrade_socket = \"/run/veer/upgrade.sock\"")
+            .validate()
+            .unwrap();
+        assert_eq!(
+            on.upgrade_socket.as_deref(),
+            Some(std::path::Path::new("/run/veer/upgrade.sock"))
+        );
+        for bad in [
+            "upgrade_socket = \"upgrade.sock\"".to_string(),
+            "upgrade_socket = \"/run/veer/\"".to_string(),
+            format!("upgrade_socket = \"/{}\"", "a".repeat(MAX_UPGRADE_SOCKET_BYTES)),
+        ] {
+            let err = section(&bad).validate().unwrap_err();
+            assert_eq!(err.key(), Some("server.upgrade_socket"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod discovery;
 pub mod folder;
 pub mod health;
 pub mod registry;

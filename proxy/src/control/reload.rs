@@ -30,8 +30,10 @@ use std::time::Instant;
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, PluginSettings};
+use crate::control::discovery::{self, Known};
 use crate::control::folder::{Change, Diff, Found, Look};
 use crate::control::registry::Registry;
 use crate::listen::tls::CertStore;
@@ -58,6 +60,8 @@ pub(crate) enum Command {
     FolderChanged,
     /// Something changed in a folder holding TLS certificates or keys.
     CertsChanged,
+    /// A discovered pool's lookup found a new backend set.
+    Discovered(Known),
 }
 
 /// Asks a running server to change. Cheap to clone.
@@ -84,6 +88,11 @@ pub(crate) struct Controller {
     /// Kept alive while the controller runs; made by [`watch`] when the
     /// server is bound, so no change made after that is missed.
     pub watcher: Option<notify::RecommendedWatcher>,
+    /// Where discovery tasks send what they find.
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// The running discovery tasks (one per discovered pool) and what
+    /// stops them: replaced at each reload.
+    pub discovery: Option<(CancellationToken, TaskTracker)>,
 }
 
 impl Controller {
@@ -95,6 +104,7 @@ impl Controller {
         cancel: CancellationToken,
     ) {
         let _watcher = self.watcher.take();
+        self.restart_discovery(&cancel).await;
         let debounce = self.config.plugins.debounce;
         // Key -> (first event not acted on yet, when to act).
         let mut due: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
@@ -112,7 +122,11 @@ impl Controller {
                 _ = cancel.cancelled() => break,
                 command = rx.recv() => match command {
                     None => break,
-                    Some(Command::ReloadConfig) => config_waits = !self.reload_config(false).await,
+                    Some(Command::ReloadConfig) => {
+                        config_waits = !self.reload_config(false).await;
+                        self.restart_discovery(&cancel).await;
+                    }
+                    Some(Command::Discovered(found)) => self.discovered(found),
                     Some(Command::Changed(path)) => defer(&mut due, path),
                     Some(Command::FolderChanged) => defer(&mut due, PathBuf::from(FOLDER)),
                     Some(Command::CertsChanged) => defer(&mut due, PathBuf::from(CERTS)),
@@ -127,14 +141,70 @@ impl Controller {
                         } else if path.as_os_str() == FOLDER {
                             if config_waits {
                                 config_waits = !self.reload_config(true).await;
+                                self.restart_discovery(&cancel).await;
                             } else {
                                 self.rescan().await;
                             }
                         } else if self.is_config(&path) {
                             config_waits = !self.reload_config(false).await;
+                            self.restart_discovery(&cancel).await;
                         }
                     }
                 }
+            }
+        }
+        // Discovery stops with the controller (its tasks see `cancel` too).
+        self.restart_discovery(&cancel).await;
+    }
+
+    /// Stops the discovery tasks and starts one per discovered pool of the
+    /// running configuration (whose backends are its starting point). Cheap
+    /// when nothing is discovered.
+    async fn restart_discovery(&mut self, cancel: &CancellationToken) {
+        if let Some((stop, tasks)) = self.discovery.take() {
+            stop.cancel();
+            tasks.close();
+            tasks.wait().await;
+        }
+        let known = discovery::known(&self.config);
+        if known.is_empty() || cancel.is_cancelled() {
+            return;
+        }
+        let (stop, tasks) = (cancel.child_token(), TaskTracker::new());
+        for k in known {
+            tasks.spawn(discovery::watch(
+                k,
+                self.commands.clone(),
+                self.shared.metrics.clone(),
+                stop.clone(),
+            ));
+        }
+        self.discovery = Some((stop, tasks));
+    }
+
+    /// A discovered pool found a new set: that pool is rebuilt with it (the
+    /// others stay as they are); refused, the pool keeps its set.
+    fn discovered(&mut self, found: Known) {
+        let Some(i) = self.config.pools.iter().position(|p| {
+            p.name == found.pool && p.discovery.as_ref() == Some(&found.discovery)
+        }) else {
+            return; // from before a reload changed the pool
+        };
+        if self.config.pools[i].backends == found.backends {
+            return;
+        }
+        let mut new = self.config.clone();
+        let change = discovery::difference(&new.pools[i].backends, &found.backends);
+        new.pools[i].backends = found.backends;
+        match self.try_apply(Some(&new), &[]) {
+            Ok(()) => {
+                Metrics::inc(&self.shared.metrics.discovery_changes);
+                tracing::info!(pool = %found.pool, backends = new.pools[i].backends.len(), "discovered backends changed: {change}");
+                self.config = new;
+            }
+            Err(reason) => {
+                Metrics::inc(&self.shared.metrics.discovery_failures);
+                tracing::warn!(pool = %found.pool, "discovered backends refused, the pool keeps its set: {reason}");
             }
         }
     }
@@ -341,8 +411,10 @@ impl Controller {
         // Read, and the files of `plugins.load` compiled, off the loop.
         let runtime = self.registry.runtime().clone();
         let file = path.clone();
+        let known = discovery::known(&self.config);
         let read = tokio::task::spawn_blocking(move || {
-            let new = Config::load(&file).map_err(|e| e.to_string())?;
+            let mut new = Config::load(&file).map_err(|e| e.to_string())?;
+            discovery::fill(&mut new, &known).map_err(|e| e.to_string())?;
             let loaded =
                 Registry::read_load_files(&runtime, &new.plugins).map_err(|e| e.to_string())?;
             Ok((new, loaded))

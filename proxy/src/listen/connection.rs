@@ -15,6 +15,15 @@
 //! a task wake-up per request): it looks at the connection at least once per
 //! tick, the shortest of these limits, so each limit is enforced within one
 //! tick of passing.
+//!
+//! On shutdown a connection is asked to finish at once (hyper's graceful
+//! shutdown: an idle HTTP/1.1 connection closes, a busy one after its
+//! response, HTTP/2 says GOAWAY). After a hand-over to a new process
+//! (`takeover`) its clients are still served, so an HTTP/1.1 connection is
+//! closed politely instead: its next response says `Connection: close`, and
+//! it is closed unasked only once idle for [`HAND_OVER_IDLE`]. Closing an
+//! idle keep-alive connection races with a request the client may be
+//! sending on it; a busy client gets its `Connection: close` first.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -43,6 +52,13 @@ use crate::stats::now_ms;
 
 /// How long an HTTP/2 peer gets to close after an idle GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+/// After a hand-over, how long an HTTP/1.1 connection may stay idle before
+/// it is closed unasked: long enough for a client in a request loop to send
+/// its next request (and get `Connection: close`), short enough for the old
+/// process to exit soon.
+const HAND_OVER_IDLE: Duration = Duration::from_secs(1);
+/// After a hand-over, how often the timer looks at a connection at least.
+const HAND_OVER_TICK: Duration = Duration::from_millis(100);
 
 /// The HTTP server settings every connection of the process shares (set at
 /// start: the HTTP/1 parser limits and HTTP/2 PINGs need a restart).
@@ -117,6 +133,8 @@ struct Activity {
     /// Wakes the timer when a write to the client blocks (rare), so the
     /// send timer starts at once.
     changed: tokio::sync::Notify,
+    /// The process has handed over: HTTP/1 responses say `Connection: close`.
+    closing: AtomicBool,
 }
 
 /// What the timer decided.
@@ -199,6 +217,16 @@ impl Activity {
         }
     }
 
+    /// How long no request has been in progress and no head begun, counted
+    /// from `since` at the earliest; zero while busy.
+    fn idle_for(&self, since: u64) -> Duration {
+        if self.active.load(Relaxed) > 0 || self.head_started_ms.load(Relaxed) != 0 {
+            return Duration::ZERO;
+        }
+        let idle_since = self.idle_since_ms.load(Relaxed).max(since);
+        Duration::from_millis(now_ms().saturating_sub(idle_since))
+    }
+
     fn request_finished(&self) {
         if self.active.fetch_sub(1, Relaxed) == 1 {
             self.head_started_ms.store(0, Relaxed);
@@ -242,11 +270,23 @@ where
         activity: activity.clone(),
     };
     let service_activity = activity.clone();
+    let handing_over = shared.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let (shared, tracker, conn) = (shared.clone(), tracker.clone(), conn.clone());
+        let h1 = request.version() < Version::HTTP_2;
         let guard = Active::new(service_activity.clone(), request.version());
         async move {
-            let response = crate::http::handle(&shared, &tracker, request, &conn).await;
+            let mut response = crate::http::handle(&shared, &tracker, request, &conn).await;
+            if h1
+                && guard.0.closing.load(Relaxed)
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                // hyper closes the connection after this response.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
                 handed: false,
@@ -259,22 +299,48 @@ where
     let timer = tokio::time::sleep(timers.first_request.min(timers.tick()));
     let mut timer = std::pin::pin!(timer);
     let mut closing = false;
+    // Since when this HTTP/1 connection is closed politely (see the module
+    // docs), `now_ms()`.
+    let mut polite_since: Option<u64> = None;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = cancel.cancelled(), if !closing => {
                 closing = true;
-                connection.as_mut().graceful_shutdown();
+                if handing_over.handed_over.load(std::sync::atomic::Ordering::Acquire)
+                    && !activity.h2.load(Relaxed)
+                {
+                    activity.closing.store(true, Relaxed);
+                    polite_since = Some(now_ms());
+                    timer.as_mut().reset(tokio::time::Instant::now() + HAND_OVER_TICK);
+                } else {
+                    connection.as_mut().graceful_shutdown();
+                }
             }
             _ = activity.changed.notified() => {
                 if let Verdict::Wait(at_ms) = activity.check(accepted_ms, &timers) {
-                    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    let mut wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    if polite_since.is_some() {
+                        wait = wait.min(HAND_OVER_TICK);
+                    }
                     timer.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
             }
             _ = timer.as_mut() => match activity.check(accepted_ms, &timers) {
                 Verdict::Wait(at_ms) => {
-                    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    if let Some(since) = polite_since {
+                        if activity.h2.load(Relaxed) {
+                            // It turned out to speak HTTP/2: GOAWAY is polite.
+                            polite_since = None;
+                            connection.as_mut().graceful_shutdown();
+                        } else if activity.idle_for(accepted_ms.max(since)) >= HAND_OVER_IDLE {
+                            break Ok(());
+                        }
+                    }
+                    let mut wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(1));
+                    if polite_since.is_some() {
+                        wait = wait.min(HAND_OVER_TICK);
+                    }
                     timer.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
                 Verdict::Close(counter) => {

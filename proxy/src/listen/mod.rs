@@ -14,10 +14,16 @@
 //! more is pooled; the process exits as soon as the last request has
 //! finished, or at `shutdown_grace_ms`. Plugin deadlines stay armed until the
 //! last worker has stopped.
+//!
+//! Zero-downtime upgrade (`takeover`): with `server.upgrade_socket`, a new
+//! process can take the listening sockets over; this one then stops
+//! accepting and drains as above, except that keep-alive clients are let go
+//! politely, and the sockets stay open for the new process throughout.
 
 mod connection;
 pub mod signal;
 mod socket;
+pub(crate) mod takeover;
 pub mod tls;
 mod worker;
 
@@ -35,6 +41,7 @@ use crate::error::{ConfigError, Error};
 use crate::metrics::Metrics;
 use crate::plugin;
 use crate::state::Shared;
+use takeover::{Predecessor, Role, UpgradeSocket};
 use worker::Worker;
 
 /// A bound, ready-to-run proxy.
@@ -55,6 +62,21 @@ pub struct Server {
         tokio::sync::mpsc::UnboundedReceiver<Command>,
     ),
     watcher: Option<notify::RecommendedWatcher>,
+    /// Where this process waits for its successor (`server.upgrade_socket`).
+    upgrade: Option<UpgradeSocket>,
+    /// The process this one took the listening sockets over from: told
+    /// "ready" once every worker accepts.
+    predecessor: Option<Predecessor>,
+}
+
+/// Why [`Server::run`] stops.
+enum Stop {
+    /// The shutdown future completed (SIGTERM, SIGINT).
+    Signal,
+    /// A new process (this pid) took the listening sockets over.
+    HandedOver(u32),
+    /// Taking over failed after binding: the old process serves on.
+    TakeOverFailed(Error),
 }
 
 /// The bound HTTPS listener and what its handshakes need.
@@ -69,6 +91,44 @@ impl Server {
     /// Loads plugins, builds pools and binds the listener. Nothing is served
     /// until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
+        Server::bind_with(config, None)
+    }
+
+    /// [`Server::bind`], with the listening sockets of the Veer process
+    /// waiting at `from` (its `server.upgrade_socket`) where this
+    /// configuration has the same listeners. Once [`Server::run`] serves,
+    /// that process stops accepting, drains and exits; if this fails first,
+    /// it is told why and serves on.
+    pub async fn take_over(config: Config, from: &std::path::Path) -> Result<Server, Error> {
+        let mut predecessor = Predecessor::connect(from).await?;
+        match Server::bind_with(config, Some(&mut predecessor)) {
+            Ok(mut server) => {
+                predecessor.close_unused();
+                server.predecessor = Some(predecessor);
+                Ok(server)
+            }
+            Err(e) => {
+                predecessor.failed(&e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_with(
+        mut config: Config,
+        mut predecessor: Option<&mut Predecessor>,
+    ) -> Result<Server, Error> {
+        // A listener: handed over by the predecessor, or bound here.
+        let mut open = |role: Role, addr: SocketAddr, backlog: u32| {
+            if let Some(predecessor) = predecessor.as_deref_mut()
+                && let Some(listener) = predecessor.take(role, addr, backlog)?
+            {
+                return Ok(listener);
+            }
+            socket::bind(addr, backlog).map_err(|source| Error::Listen { addr, source })
+        };
+        // Discovered pools are looked up once before they are built.
+        crate::control::discovery::fill(&mut config, &[])?;
         let metrics = Arc::new(Metrics::default());
         let runtime = plugin::Runtime::with_cache(
             config.plugins.cache_dir.clone(),
@@ -81,7 +141,7 @@ impl Server {
             addr: listen,
             source,
         };
-        let listener = socket::bind(listen, config.server.backlog).map_err(listen_error)?;
+        let listener = open(Role::Listen, listen, config.server.backlog)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
         let https = match &config.tls {
             None => None,
@@ -104,8 +164,7 @@ impl Server {
                     addr: settings.listen,
                     source,
                 };
-                let listener =
-                    socket::bind(settings.listen, config.server.backlog).map_err(tls_error)?;
+                let listener = open(Role::Tls, settings.listen, config.server.backlog)?;
                 let local_addr = listener.local_addr().map_err(tls_error)?;
                 tracing::info!(addr = %local_addr, names = ?certs.names(), "HTTPS listener bound");
                 Some(Https {
@@ -130,14 +189,18 @@ impl Server {
                 .filter(|_| config.tls.as_ref().is_some_and(|t| t.acme.is_some()))
                 .map(|h| h.certs.challenges.clone()),
             serving: std::sync::atomic::AtomicBool::new(false),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         });
         let admin = match config.admin.listen {
             None => None,
-            Some(addr) => {
-                let listener =
-                    socket::bind(addr, 128).map_err(|source| Error::Listen { addr, source })?;
-                Some(listener)
-            }
+            Some(addr) => Some(open(Role::Admin, addr, 128)?),
+        };
+        let upgrade = match &config.server.upgrade_socket {
+            None => None,
+            Some(path) => Some(UpgradeSocket::bind(
+                path,
+                predecessor.as_ref().map(|p| p.path()),
+            )?),
         };
         let commands = tokio::sync::mpsc::unbounded_channel();
         // Watch from now on: a change made before `run` is queued, not lost.
@@ -153,6 +216,8 @@ impl Server {
             registry,
             commands,
             watcher,
+            upgrade,
+            predecessor: None,
         })
     }
 
@@ -200,6 +265,13 @@ impl Server {
             addr: self.local_addr,
             source,
         };
+        // What a successor gets on a take-over: copies of the listening
+        // sockets, dropped on shutdown as promptly as the workers' own.
+        let handed = match &self.upgrade {
+            None => Vec::new(),
+            Some(_) => self.handed_sockets().map_err(listen_error)?,
+        };
+        let mut accepting = Vec::with_capacity(server.workers);
         for index in 0..server.workers {
             let listener = self.listener.try_clone().map_err(listen_error)?;
             let https = match &self.https {
@@ -216,12 +288,15 @@ impl Server {
                 }),
             };
             let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+            let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel();
+            accepting.push(accepting_rx);
             let worker = Worker {
                 https,
                 shared: self.shared.clone(),
                 slots: slots.clone(),
                 builder: builder.clone(),
                 grace: server.shutdown_grace,
+                accepting: Some(accepting_tx),
             };
             let cancel = cancel.clone();
             std::thread::Builder::new()
@@ -235,8 +310,10 @@ impl Server {
                 .map_err(listen_error)?;
             finished.push(finished_rx);
         }
-        // The workers hold the only descriptors of the listening socket now:
-        // when they drop theirs on shutdown, it closes.
+        // The workers hold the only descriptors of the listening socket now
+        // (with the upgrade socket's task, which drops its copies on the
+        // same signal): when they drop theirs on shutdown, it closes. After
+        // a hand-over it stays open in the new process.
         drop(self.listener);
         let certs = self.https.as_ref().map(|h| h.certs.clone());
         drop(self.https);
@@ -254,7 +331,8 @@ impl Server {
             _ => None,
         };
         // The admin listener: one task, stopped after the workers, so that
-        // `/ready` says 503 while connections drain.
+        // `/ready` says 503 while connections drain (after a hand-over at
+        // once: the new process answers on the same socket).
         let admin_cancel = CancellationToken::new();
         let admin = self.admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
@@ -282,7 +360,7 @@ impl Server {
             "veer is serving"
         );
         let grace = server.shutdown_grace;
-        let (_, rx) = self.commands;
+        let (commands, rx) = self.commands;
         // Plugin deadlines must keep firing until the last worker stops: hold
         // the engine's ticker until then.
         let plugin_runtime = self.registry.runtime().clone();
@@ -292,20 +370,83 @@ impl Server {
             config: self.config.clone(),
             shared: self.shared.clone(),
             watcher: self.watcher,
+            commands,
+            discovery: None,
         };
         let control = tokio::spawn(controller.run(rx, cancel.clone()));
-        self.shared
-            .serving
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        shutdown.await;
+        let mut stop = None;
+        if let Some(predecessor) = self.predecessor {
+            match all_accepting(accepting).await {
+                Ok(()) => predecessor.ready().await,
+                Err(reason) => {
+                    let error = Error::TakeOver {
+                        path: predecessor.path().to_path_buf(),
+                        reason,
+                    };
+                    predecessor.failed(&error.to_string()).await;
+                    stop = Some(Stop::TakeOverFailed(error));
+                }
+            }
+        }
+        // This process's own upgrade socket, put in place once no take-over
+        // of this process's start can fail any more.
+        let (handed_over, handed_over_rx) = tokio::sync::oneshot::channel();
+        let upgrade = match self.upgrade.filter(|_| stop.is_none()) {
+            Some(mut socket) => match socket.install() {
+                Ok(()) => Some(tokio::spawn(takeover::serve(
+                    socket,
+                    handed,
+                    handed_over,
+                    cancel.clone(),
+                ))),
+                Err(e) => {
+                    tracing::error!("{e}; upgrades are off");
+                    drop(handed);
+                    None
+                }
+            },
+            None => {
+                drop(handed);
+                None
+            }
+        };
+        if stop.is_none() {
+            self.shared
+                .serving
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let stop = match stop {
+            Some(stop) => stop,
+            None => tokio::select! {
+                () = shutdown => Stop::Signal,
+                Ok(pid) = handed_over_rx => Stop::HandedOver(pid),
+            },
+        };
         self.shared
             .serving
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            "shutting down: not accepting; draining connections for up to {:?}",
-            grace
-        );
+        match &stop {
+            Stop::HandedOver(pid) => {
+                tracing::info!(
+                    pid,
+                    "handed over to a new process: not accepting; draining connections for up to {:?}",
+                    grace
+                );
+                // Seen by every connection once `cancel` wakes it.
+                self.shared
+                    .handed_over
+                    .store(true, std::sync::atomic::Ordering::Release);
+                admin_cancel.cancel();
+            }
+            _ => tracing::info!(
+                "shutting down: not accepting; draining connections for up to {:?}",
+                grace
+            ),
+        }
         cancel.cancel();
+        if let Some(upgrade) = upgrade {
+            let _ = upgrade.await;
+        }
         let _ = control.await;
         if let Some(acme) = acme {
             let _ = acme.await;
@@ -320,6 +461,45 @@ impl Server {
         }
         drop(plugin_runtime);
         tracing::info!("stopped");
-        Ok(())
+        match stop {
+            Stop::TakeOverFailed(error) => Err(error),
+            Stop::Signal | Stop::HandedOver(_) => Ok(()),
+        }
     }
+
+    /// Copies of the listening sockets, each with what a successor needs to
+    /// know of it.
+    fn handed_sockets(&self) -> std::io::Result<Vec<(takeover::Handed, std::os::fd::OwnedFd)>> {
+        let mut handed = Vec::new();
+        let mut add = |role, configured, listener: &std::net::TcpListener| {
+            let copy = listener.try_clone()?;
+            let handed_one = takeover::Handed {
+                role,
+                configured,
+                bound: copy.local_addr()?,
+            };
+            handed.push((handed_one, std::os::fd::OwnedFd::from(copy)));
+            Ok::<_, std::io::Error>(())
+        };
+        add(Role::Listen, self.config.server.listen, &self.listener)?;
+        if let (Some(https), Some(tls)) = (&self.https, &self.config.tls) {
+            add(Role::Tls, tls.listen, &https.listener)?;
+        }
+        if let (Some(admin), Some(configured)) = (&self.admin, self.config.admin.listen) {
+            add(Role::Admin, configured, admin)?;
+        }
+        Ok(handed)
+    }
+}
+
+/// Waits until every worker accepts (or one could not start).
+async fn all_accepting(
+    accepting: Vec<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<(), String> {
+    for (index, accepting) in accepting.into_iter().enumerate() {
+        if accepting.await.is_err() {
+            return Err(format!("worker {index} could not start (see its log)"));
+        }
+    }
+    Ok(())
 }

@@ -47,6 +47,10 @@ pub(super) struct Worker {
     pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
     /// How long shutdown waits for connections to finish.
     pub(super) grace: Duration,
+    /// Told once the listeners are registered with this worker's event
+    /// loop (a take-over says "ready" only when every worker is); dropped
+    /// unsent if they cannot be.
+    pub(super) accepting: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Worker {
@@ -74,6 +78,9 @@ impl Worker {
             }
             None => None,
         };
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.send(());
+        }
         // This worker's tasks: client connections and upstream connections.
         let tracker = TaskTracker::new();
         let mut sweep = tokio::time::interval(IDLE_SWEEP);

@@ -204,6 +204,11 @@ metrics! {
     config_reloads,
     /// Configuration reloads refused; the running configuration stayed.
     config_reload_refusals,
+    /// Discovered pools whose backend set changed (and was swapped in).
+    discovery_changes,
+    /// Discovery lookups that failed or found nothing; the pool kept its
+    /// last known backends.
+    discovery_failures,
     /// 502 answers.
     bad_gateway,
     /// 503 answers.
