@@ -17,6 +17,7 @@ mod hot_swap;
 mod http_rules;
 mod import_nginx;
 mod limits;
+mod nginx_compat;
 mod observe;
 mod pki;
 mod plugin_cache;
