@@ -107,7 +107,10 @@ fn the_compose_file_follows_the_compose_specification() {
 fn configmap_veer_toml() -> String {
     let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/veer-config.yaml")).unwrap();
     let mut lines = yaml.lines().skip_while(|l| *l != "  veer.toml: |");
-    assert!(lines.next().is_some(), "veer-config.yaml has no `  veer.toml: |` key");
+    assert!(
+        lines.next().is_some(),
+        "veer-config.yaml has no `  veer.toml: |` key"
+    );
     let mut text = String::new();
     for line in lines.take_while(|l| l.trim().is_empty() || l.starts_with("    ")) {
         text.push_str(line.strip_prefix("    ").unwrap_or(""));
@@ -192,7 +195,10 @@ fn veer_check(label: &str, text: &str) -> (String, Vec<String>) {
 fn the_container_configuration_passes_veer_check_and_names_the_compose_apps() {
     let text = std::fs::read_to_string(root().join("deploy/veer.toml")).unwrap();
     let (report, names) = veer_check("deploy/veer.toml", &text);
-    assert!(report.contains("pool web: strategy round-robin"), "{report}");
+    assert!(
+        report.contains("pool web: strategy round-robin"),
+        "{report}"
+    );
     // Its backends are deploy/compose.yaml's services.
     let compose = std::fs::read_to_string(root().join("deploy/compose.yaml")).unwrap();
     assert_eq!(names, ["app1", "app2", "app3"]);
@@ -207,7 +213,10 @@ fn the_container_configuration_passes_veer_check_and_names_the_compose_apps() {
 #[test]
 fn the_kubernetes_configuration_passes_veer_check_and_names_the_web_pods() {
     let (report, names) = veer_check("veer-config.yaml's veer.toml", &configmap_veer_toml());
-    assert!(report.contains("pool web: strategy round-robin"), "{report}");
+    assert!(
+        report.contains("pool web: strategy round-robin"),
+        "{report}"
+    );
     assert_eq!(names, ["web-0.web", "web-1.web", "web-2.web"]);
     let web = std::fs::read_to_string(root().join("deploy/kubernetes/web.yaml")).unwrap();
     assert!(

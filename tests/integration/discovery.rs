@@ -151,13 +151,21 @@ async fn until_idle(backend: &Backend, limit: Duration) {
         if backend.hits.load(Ordering::Relaxed) == before {
             return;
         }
-        assert!(started.elapsed() < limit, "{} still gets requests", backend.name);
+        assert!(
+            started.elapsed() < limit,
+            "{} still gets requests",
+            backend.name
+        );
     }
 }
 
 fn write_config(dir: &TempDir, workers: usize, pool: &str) -> PathBuf {
     let path = dir.join("veer.toml");
-    std::fs::write(&path, format!("{}[pools.web]\n{pool}\n", server(workers, ""))).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}[pools.web]\n{pool}\n", server(workers, "")),
+    )
+    .unwrap();
     path
 }
 
@@ -182,7 +190,10 @@ async fn a_pool_follows_its_dns_records(workers: usize) {
 
     let load = Load::start(proxy.addr, 4, Duration::from_secs(60));
     dns.set_hosts("127.0.0.2 web.veer.test\n127.0.0.3 web.veer.test\n127.0.0.4 web.veer.test\n");
-    wait_for(Duration::from_secs(20), || c.hits.load(Ordering::Relaxed) > 0).await;
+    wait_for(Duration::from_secs(20), || {
+        c.hits.load(Ordering::Relaxed) > 0
+    })
+    .await;
 
     dns.set_hosts("127.0.0.3 web.veer.test\n127.0.0.4 web.veer.test\n");
     until_idle(&a, Duration::from_secs(20)).await;
@@ -197,7 +208,10 @@ async fn a_pool_follows_its_dns_records(workers: usize) {
         metrics.snapshot().discovery_failures >= failures + 2
     })
     .await;
-    let (b_before, c_before) = (b.hits.load(Ordering::Relaxed), c.hits.load(Ordering::Relaxed));
+    let (b_before, c_before) = (
+        b.hits.load(Ordering::Relaxed),
+        c.hits.load(Ordering::Relaxed),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
@@ -248,8 +262,15 @@ async fn srv_records_give_ports_and_weights_and_only_the_lowest_priority_serves(
     for _ in 0..400 {
         client.get("/").await;
     }
-    let (h, l) = (heavy.hits.load(Ordering::Relaxed), light.hits.load(Ordering::Relaxed));
-    assert_eq!(backup.hits.load(Ordering::Relaxed), 0, "priority 2 is a backup");
+    let (h, l) = (
+        heavy.hits.load(Ordering::Relaxed),
+        light.hits.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        backup.hits.load(Ordering::Relaxed),
+        0,
+        "priority 2 is a backup"
+    );
     assert_eq!(h + l, 400);
     assert!((280..=320).contains(&h), "weights 30:10, got {h}:{l}");
 }
@@ -265,13 +286,21 @@ async fn a_discovered_pool_that_finds_nothing_is_refused_at_start_naming_its_key
     let err = Proxy::try_start(&toml).await.err().expect("refused");
     let text = err.to_string();
     assert!(text.contains("pools.web.discovery"), "{text}");
-    assert!(text.contains("dns web.veer.test port 80 found no backends"), "{text}");
+    assert!(
+        text.contains("dns web.veer.test port 80 found no backends"),
+        "{text}"
+    );
 }
 
 fn backends_file(path: &Path, backends: &[&Backend]) {
     let entries: Vec<String> = backends
         .iter()
-        .map(|b| format!("{{ address = \"{}\", labels = {{ name = \"{}\" }} }}", b.addr, b.name))
+        .map(|b| {
+            format!(
+                "{{ address = \"{}\", labels = {{ name = \"{}\" }} }}",
+                b.addr, b.name
+            )
+        })
         .collect();
     let next = path.with_extension("next");
     std::fs::write(&next, format!("backends = [{}]\n", entries.join(", "))).unwrap();
@@ -293,7 +322,10 @@ async fn a_pool_follows_its_backends_file(workers: usize) {
 
     let load = Load::start(proxy.addr, 4, Duration::from_secs(60));
     backends_file(&list, &[&a, &b, &c]);
-    wait_for(Duration::from_secs(20), || c.hits.load(Ordering::Relaxed) > 0).await;
+    wait_for(Duration::from_secs(20), || {
+        c.hits.load(Ordering::Relaxed) > 0
+    })
+    .await;
     backends_file(&list, &[&b, &c]);
     until_idle(&a, Duration::from_secs(20)).await;
 
@@ -308,7 +340,10 @@ async fn a_pool_follows_its_backends_file(workers: usize) {
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
     assert_eq!(answering(proxy.addr, 8).await, ["b", "c"]);
-    assert!(a.hits.load(Ordering::Relaxed) > 0, "a served before it left");
+    assert!(
+        a.hits.load(Ordering::Relaxed) > 0,
+        "a served before it left"
+    );
 }
 
 #[tokio::test]

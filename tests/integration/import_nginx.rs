@@ -51,7 +51,10 @@ fn the_nginx_sample_imports_into_a_config_veer_check_accepts() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.is_empty(), "-o writes the file, not stdout: {stdout}");
+    assert!(
+        stdout.is_empty(),
+        "-o writes the file, not stdout: {stdout}"
+    );
     let toml = std::fs::read_to_string(&out).unwrap();
 
     let (ok, stdout, check_err) = veer(&["check", out.to_str().unwrap()]);
@@ -94,7 +97,11 @@ fn the_nginx_sample_imports_into_a_config_veer_check_accepts() {
     assert_eq!(shop.response_timeout.as_secs(), 45);
     assert_eq!(shop.retries, 2, "proxy_next_upstream_tries 3");
     assert_eq!(shop.retry.on_statuses, vec![502, 503]);
-    assert_eq!(pool("accounts").backends.len(), 2, "the down server is left out");
+    assert_eq!(
+        pool("accounts").backends.len(),
+        2,
+        "the down server is left out"
+    );
     assert_eq!(pool("accounts").strategy_config, r#"{"compat":"nginx"}"#);
     assert!(
         pool("catalog")
@@ -161,7 +168,13 @@ fn the_nginx_sample_imports_into_a_config_veer_check_accepts() {
         assert!(found, "{reported} … {what}\n{stderr}");
     }
     // Nothing carried over is listed as left behind.
-    for carried in ["least_conn", "ip_hash", "hash $arg_sku", "proxy_pass", "zone"] {
+    for carried in [
+        "least_conn",
+        "ip_hash",
+        "hash $arg_sku",
+        "proxy_pass",
+        "zone",
+    ] {
         assert!(
             !stderr.lines().any(|l| l.contains(&format!("`{carried}"))),
             "{carried}: {stderr}"
@@ -178,7 +191,11 @@ fn without_output_the_toml_goes_to_stdout_and_a_syntax_error_names_its_line() {
     assert!(stdout.contains("[pools.shop]"), "{stdout}");
 
     let broken = dir.join("broken.conf");
-    std::fs::write(&broken, "http {\n  upstream a {\n    server 127.0.0.1:1\n  }\n").unwrap();
+    std::fs::write(
+        &broken,
+        "http {\n  upstream a {\n    server 127.0.0.1:1\n  }\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = veer(&["import", "nginx", broken.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("line 4:"), "{stderr}");

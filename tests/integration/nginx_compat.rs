@@ -18,9 +18,8 @@ fn nginx_program() -> String {
     if let Ok(program) = std::env::var("VEER_TEST_NGINX") {
         return program;
     }
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("nginx").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nginx").is_file()));
     if on_path {
         "nginx".into()
     } else {
@@ -224,7 +223,10 @@ async fn stopped_backend() -> SocketAddr {
     // The listener closes as its task sees the cancellation.
     let started = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(started.elapsed() < Duration::from_secs(5), "{addr} still accepts");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{addr} still accepts"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     addr
@@ -236,12 +238,31 @@ async fn consistent_hash_nginx_ring_places_keys_as_a_real_nginx() {
     let config = "{ key = \"query:key\", ring = \"nginx\" }";
     let method = "hash $arg_key consistent";
     let labels = |i: usize| format!("key {}", key(i as u32));
-    let all = [(b[0].addr, 1), (b[1].addr, 2), (b[2].addr, 3), (b[3].addr, 1), (b[4].addr, 2)];
+    let all = [
+        (b[0].addr, 1),
+        (b[1].addr, 2),
+        (b[2].addr, 3),
+        (b[3].addr, 1),
+        (b[4].addr, 2),
+    ];
     let compare_on = async |what: &str, backends: &[(SocketAddr, u32)]| {
-        compare(what, "consistent-hash", config, method, backends, owners_of_keys, labels).await;
+        compare(
+            what,
+            "consistent-hash",
+            config,
+            method,
+            backends,
+            owners_of_keys,
+            labels,
+        )
+        .await;
     };
     compare_on("consistent-hash, 5 servers, weights 1 2 3 1 2", &all).await;
-    compare_on("consistent-hash, server b removed", &[all[0], all[2], all[3], all[4]]).await;
+    compare_on(
+        "consistent-hash, server b removed",
+        &[all[0], all[2], all[3], all[4]],
+    )
+    .await;
     // A sixth server (weight 1) that refuses connections: the keys it owns
     // go, in both, to the next server along the ring.
     let mut with_stopped = all.to_vec();
@@ -254,9 +275,23 @@ async fn ip_hash_nginx_compat_picks_as_a_real_nginx_for_256_client_networks() {
     let b = start_backends(["a", "b", "c", "d"]).await;
     let config = "{ compat = \"nginx\" }";
     let labels = |j: usize| format!("client {}", source(j as u32));
-    let all = [(b[0].addr, 1), (b[1].addr, 2), (b[2].addr, 3), (b[3].addr, 5)];
+    let all = [
+        (b[0].addr, 1),
+        (b[1].addr, 2),
+        (b[2].addr, 3),
+        (b[3].addr, 5),
+    ];
     let compare_on = async |what: &str, backends: &[(SocketAddr, u32)]| {
-        compare(what, "ip-hash", config, "ip_hash", backends, owners_of_networks, labels).await;
+        compare(
+            what,
+            "ip-hash",
+            config,
+            "ip_hash",
+            backends,
+            owners_of_networks,
+            labels,
+        )
+        .await;
     };
     compare_on("ip-hash, 4 servers, weights 1 2 3 5", &all).await;
     compare_on("ip-hash, server b removed", &[all[0], all[2], all[3]]).await;

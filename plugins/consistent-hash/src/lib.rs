@@ -110,7 +110,6 @@ pub enum Ring {
     Nginx(NginxRing),
 }
 
-
 /// Settings and the ring built for the current backends.
 #[derive(Debug)]
 pub struct ConsistentHash {
@@ -230,14 +229,15 @@ impl Strategy for ConsistentHash {
 
     fn select(&mut self, request: &Request<'_>, out: &mut Candidates) -> Result<(), Rejection> {
         if matches!(self.ring, Ring::Nginx(_)) {
-            // As NGINX: the key's text (`client-ip` is `$remote_addr`); a
+            // As NGINX: the key's text (`client-ip` is `$remote_addr`,
+            // `query:NAME` is `$arg_NAME`, found as NGINX finds it); a
             // missing or empty key is served in round robin.
             let key = match &self.key {
                 Key::ClientIp => Some(request.client().to_string()),
                 Key::Path => Some(request.path()),
                 Key::Header(name) => request.header(name),
                 Key::Cookie(name) => request.cookie(name),
-                Key::Query(name) => request.query_param(name),
+                Key::Query(name) => nginx::query_arg(&request.query(), name).map(str::to_owned),
             };
             match key.filter(|k| !k.is_empty()) {
                 Some(key) => out.extend(self.order(key.as_bytes(), Vec::new)),
@@ -317,9 +317,11 @@ mod tests {
             Key::Header("x-user".into())
         );
         assert!(Key::parse("header:").unwrap_err().contains("header:NAME"));
-        assert!(ConsistentHash::new(Config::new(r#"{"ring":"jump"}"#))
-            .unwrap_err()
-            .contains("\"ketama\", \"maglev\" or \"nginx\""));
+        assert!(
+            ConsistentHash::new(Config::new(r#"{"ring":"jump"}"#))
+                .unwrap_err()
+                .contains("\"ketama\", \"maglev\" or \"nginx\"")
+        );
         assert!(ConsistentHash::new(Config::new(r#"{"bounded_load":0.5}"#)).is_err());
     }
 
@@ -433,7 +435,10 @@ mod tests {
                 let request = FakeRequest::get(&format!("/?key={}", recorded_key(i)));
                 let answer = host.select(&mut s, &request).unwrap();
                 let mut seen = std::collections::HashSet::new();
-                assert!(answer.iter().all(|id| seen.insert(*id)), "distinct: {answer:?}");
+                assert!(
+                    answer.iter().all(|id| seen.insert(*id)),
+                    "distinct: {answer:?}"
+                );
                 let pick = answer.iter().copied().find(|&id| healthy(id));
                 pick.map(|id| servers[id as usize]) == Some(expected[i as usize])
             })
@@ -443,12 +448,18 @@ mod tests {
 
     #[test]
     fn nginx_ring_places_1000_keys_as_nginx_1_22_with_unequal_weights() {
-        assert_eq!(agreement("chash_all", &[0, 1, 2, 3, 4, 5], &[]), (1000, 1000));
+        assert_eq!(
+            agreement("chash_all", &[0, 1, 2, 3, 4, 5], &[]),
+            (1000, 1000)
+        );
     }
 
     #[test]
     fn nginx_ring_places_keys_as_nginx_after_a_server_is_removed() {
-        assert_eq!(agreement("chash_removed", &[0, 2, 3, 4, 5], &[]), (1000, 1000));
+        assert_eq!(
+            agreement("chash_removed", &[0, 2, 3, 4, 5], &[]),
+            (1000, 1000)
+        );
     }
 
     #[test]
@@ -474,8 +485,25 @@ mod tests {
             .collect();
         assert_eq!(firsts, "aabacaa", "NGINX's smooth weighted round robin");
         // A key is hashed, whatever the turn.
-        let keyed = host.select(&mut s, &FakeRequest::get("/?key=user-1")).unwrap();
-        assert_eq!(host.select(&mut s, &FakeRequest::get("/?key=user-1")).unwrap(), keyed);
+        let keyed = host
+            .select(&mut s, &FakeRequest::get("/?key=user-1"))
+            .unwrap();
+        assert_eq!(
+            host.select(&mut s, &FakeRequest::get("/?key=user-1"))
+                .unwrap(),
+            keyed
+        );
+        // `$arg_key` is found as NGINX finds it: any case, `=` needed.
+        assert_eq!(
+            host.select(&mut s, &FakeRequest::get("/?KEY=user-1"))
+                .unwrap(),
+            keyed
+        );
+        assert_eq!(
+            host.select(&mut s, &FakeRequest::get("/?key&key=user-1"))
+                .unwrap(),
+            keyed
+        );
     }
 
     #[test]
@@ -484,8 +512,13 @@ mod tests {
         assert!(err(r#"{"ring":"nginx","bounded_load":1.25}"#).contains("bounded_load"));
         assert!(err(r#"{"ring":"nginx","points_per_weight":100}"#).contains("160"));
         let bad = err(r#"{"ring":"nginx2"}"#);
-        assert!(bad.contains("\"ring\"") && bad.contains("\"nginx\""), "{bad}");
-        assert!(ConsistentHash::new(Config::new(r#"{"ring":"nginx","points_per_weight":160}"#)).is_ok());
+        assert!(
+            bad.contains("\"ring\"") && bad.contains("\"nginx\""),
+            "{bad}"
+        );
+        assert!(
+            ConsistentHash::new(Config::new(r#"{"ring":"nginx","points_per_weight":160}"#)).is_ok()
+        );
     }
 
     #[test]
@@ -502,7 +535,9 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), order.len());
-        assert!(order.len() > nginx::AFTER_WINDOW && order.len() <= 20, "{order:?}");
+        assert!(
+            order.len() > nginx::AFTER_WINDOW && order.len() <= 20,
+            "{order:?}"
+        );
     }
-
 }

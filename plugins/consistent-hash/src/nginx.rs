@@ -23,7 +23,11 @@ const TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut bit = 0;
         while bit < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             bit += 1;
         }
         table[i] = c;
@@ -68,6 +72,29 @@ pub fn split_server(text: &str) -> (&[u8], &[u8]) {
         }
     }
     (bytes, b"")
+}
+
+/// The value of `$arg_NAME` in `query` (the raw text after `?`), found as
+/// NGINX finds it: the first `NAME=` (name in any case) at the start or
+/// after a `&`, up to the next `&`, still percent-encoded. A parameter
+/// without `=` is not a match.
+pub fn query_arg<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    let (q, n) = (query.as_bytes(), name.as_bytes());
+    if n.is_empty() {
+        return None;
+    }
+    let mut at = 0;
+    while at + n.len() < q.len() {
+        if (at == 0 || q[at - 1] == b'&')
+            && q[at..at + n.len()].eq_ignore_ascii_case(n)
+            && q[at + n.len()] == b'='
+        {
+            let value = &query[at + n.len() + 1..];
+            return Some(value.split('&').next().unwrap_or(""));
+        }
+        at += 1;
+    }
+    None
 }
 
 /// Points per weight unit, fixed in NGINX.
@@ -117,11 +144,7 @@ impl NginxRing {
         NginxRing {
             hashes,
             ids,
-            backends: backends
-                .iter()
-                .map(|b| b.0 as usize + 1)
-                .max()
-                .unwrap_or(0),
+            backends: backends.iter().map(|b| b.0 as usize + 1).max().unwrap_or(0),
         }
     }
 
@@ -194,7 +217,10 @@ mod tests {
         assert_eq!(crc32(b"hello"), 0x3610_A686);
         assert_eq!(crc32(b""), 0);
         // Feeding in pieces is the same as feeding at once.
-        assert_eq!(!crc_update(crc_update(CRC_INIT, b"1234"), b"56789"), 0xCBF4_3926);
+        assert_eq!(
+            !crc_update(crc_update(CRC_INIT, b"1234"), b"56789"),
+            0xCBF4_3926
+        );
     }
 
     #[test]
@@ -218,6 +244,18 @@ mod tests {
         assert_eq!(split("UNIX:/run/a:80"), ("/run/a:80", ""));
         assert_eq!(split("8080"), ("8080", ""));
         assert_eq!(split(""), ("", ""));
+    }
+
+    #[test]
+    fn query_args_are_found_as_nginx_finds_them() {
+        assert_eq!(query_arg("key=a&b=2", "key"), Some("a"));
+        assert_eq!(query_arg("b=2&key=a%20b", "key"), Some("a%20b"));
+        assert_eq!(query_arg("KEY=x", "key"), Some("x"), "any case");
+        assert_eq!(query_arg("key&key=x", "key"), Some("x"), "needs '='");
+        assert_eq!(query_arg("mykey=1&key=2", "key"), Some("2"));
+        assert_eq!(query_arg("key=", "key"), Some(""));
+        assert_eq!(query_arg("key", "key"), None);
+        assert_eq!(query_arg("", "key"), None);
     }
 
     #[test]

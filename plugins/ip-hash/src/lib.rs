@@ -270,7 +270,10 @@ mod tests {
                     .select(&mut s, &FakeRequest::get("/").client(client(j)))
                     .unwrap();
                 let mut seen = std::collections::HashSet::new();
-                assert!(answer.iter().all(|id| seen.insert(*id)), "distinct: {answer:?}");
+                assert!(
+                    answer.iter().all(|id| seen.insert(*id)),
+                    "distinct: {answer:?}"
+                );
                 assert_eq!(answer.len(), servers.len(), "all of a small pool");
                 let pick = answer.iter().copied().find(|&id| healthy(id));
                 pick.map(|id| servers[id as usize]) == Some(expected[j as usize])
@@ -282,7 +285,10 @@ mod tests {
     #[test]
     fn nginx_compat_picks_as_nginx_1_22_for_256_networks_with_unequal_weights() {
         assert_eq!(agreement("ip_all", &[0, 1, 2, 3], &[]), (256, 256));
-        assert_eq!(agreement("ip_weighted6", &[0, 1, 2, 3, 4, 5], &[]), (256, 256));
+        assert_eq!(
+            agreement("ip_weighted6", &[0, 1, 2, 3, 4, 5], &[]),
+            (256, 256)
+        );
     }
 
     #[test]
@@ -317,14 +323,20 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), order.len());
-        assert!(order.len() <= NGINX_TRIES + MAX_CANDIDATES, "{}", order.len());
+        assert!(
+            order.len() <= NGINX_TRIES + MAX_CANDIDATES,
+            "{}",
+            order.len()
+        );
         assert_eq!(nginx_order("10.1.2.3".parse().unwrap(), &[3]), vec![0]);
         let err = |c: &str| IpHash::new(Config::new(c)).unwrap_err();
         let bad = err(r#"{"compat":"haproxy"}"#);
-        assert!(bad.contains("\"compat\"") && bad.contains("\"veer\" or \"nginx\""), "{bad}");
+        assert!(
+            bad.contains("\"compat\"") && bad.contains("\"veer\" or \"nginx\""),
+            "{bad}"
+        );
         assert!(err(r#"{"compat":"nginx","mask":"full"}"#).contains("mask"));
         assert!(IpHash::new(Config::new(r#"{"compat":"nginx","mask":"nginx"}"#)).is_ok());
         assert!(IpHash::new(Config::new(r#"{"compat":"veer","mask":"full"}"#)).is_ok());
     }
-
 }

@@ -217,7 +217,9 @@ fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
     }
     text.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("{text:?} is not an ip or ip:port, e.g. \"10.96.0.10\" or \"127.0.0.1:8600\""))
+        .map_err(|_| {
+            format!("{text:?} is not an ip or ip:port, e.g. \"10.96.0.10\" or \"127.0.0.1:8600\"")
+        })
 }
 
 #[cfg(test)]

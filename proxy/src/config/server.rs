@@ -406,7 +406,10 @@ mod tests {
         for bad in [
             "upgrade_socket = \"upgrade.sock\"".to_string(),
             "upgrade_socket = \"/run/veer/\"".to_string(),
-            format!("upgrade_socket = \"/{}\"", "a".repeat(MAX_UPGRADE_SOCKET_BYTES)),
+            format!(
+                "upgrade_socket = \"/{}\"",
+                "a".repeat(MAX_UPGRADE_SOCKET_BYTES)
+            ),
         ] {
             let err = section(&bad).validate().unwrap_err();
             assert_eq!(err.key(), Some("server.upgrade_socket"), "{bad}: {err}");

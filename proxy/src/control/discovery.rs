@@ -227,7 +227,11 @@ async fn dns(
     })
 }
 
-async fn srv(discovery: &Discovery, resolver: &TokioResolver, name: &str) -> Result<Answer, String> {
+async fn srv(
+    discovery: &Discovery,
+    resolver: &TokioResolver,
+    name: &str,
+) -> Result<Answer, String> {
     let found = resolver
         .srv_lookup(fqdn(name))
         .await
@@ -330,10 +334,13 @@ pub(crate) fn read_file(path: &Path) -> Result<Answer, String> {
                 .backends
         }
     };
-    let backends = validate_backends("backends", &sections)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let backends =
+        validate_backends("backends", &sections).map_err(|e| format!("{}: {e}", path.display()))?;
     // File order is the operator's: ids follow it, as in veer.toml.
-    Ok(Answer { backends, ttl: None })
+    Ok(Answer {
+        backends,
+        ttl: None,
+    })
 }
 
 /// When to look again after an answer valid for `ttl`.
@@ -456,17 +463,30 @@ mod tests {
 
     #[test]
     fn a_json_file_may_be_a_list_or_an_object() {
-        let list = temp("l.json", r#"["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 2}]"#);
+        let list = temp(
+            "l.json",
+            r#"["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 2}]"#,
+        );
         assert_eq!(read_file(&list).unwrap().backends.len(), 2);
         let object = temp("o.json", r#"{"backends": ["127.0.0.1:3"]}"#);
-        assert_eq!(read_file(&object).unwrap().backends[0].address, "127.0.0.1:3");
+        assert_eq!(
+            read_file(&object).unwrap().backends[0].address,
+            "127.0.0.1:3"
+        );
     }
 
     #[test]
     fn a_broken_or_empty_file_is_an_error_not_an_empty_set() {
         let broken = temp("broken.json", r#"[{"address": "127.0.0.1:1""#);
-        assert!(read_file(&broken).unwrap_err().contains("not a backends list"));
-        let zero = temp("zero.toml", "backends = [{ address = \"127.0.0.1:1\", weight = 0 }]");
+        assert!(
+            read_file(&broken)
+                .unwrap_err()
+                .contains("not a backends list")
+        );
+        let zero = temp(
+            "zero.toml",
+            "backends = [{ address = \"127.0.0.1:1\", weight = 0 }]",
+        );
         assert!(read_file(&zero).unwrap_err().contains("weight"));
         let empty = temp("empty.toml", "backends = []");
         let d = discovery(Source::File { path: empty });
@@ -481,9 +501,18 @@ mod tests {
     #[test]
     fn the_next_lookup_follows_the_ttl_within_the_floor_and_the_ceiling() {
         let d = discovery(Source::Srv { name: "x".into() });
-        assert_eq!(next_lookup(&d, Some(Duration::ZERO)), Duration::from_millis(500));
-        assert_eq!(next_lookup(&d, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(next_lookup(&d, Some(Duration::from_secs(3600))), Duration::from_secs(10));
+        assert_eq!(
+            next_lookup(&d, Some(Duration::ZERO)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            next_lookup(&d, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            next_lookup(&d, Some(Duration::from_secs(3600))),
+            Duration::from_secs(10)
+        );
         assert_eq!(next_lookup(&d, None), Duration::from_millis(500));
     }
 

@@ -185,9 +185,11 @@ impl Controller {
     /// A discovered pool found a new set: that pool is rebuilt with it (the
     /// others stay as they are); refused, the pool keeps its set.
     fn discovered(&mut self, found: Known) {
-        let Some(i) = self.config.pools.iter().position(|p| {
-            p.name == found.pool && p.discovery.as_ref() == Some(&found.discovery)
-        }) else {
+        let Some(i) =
+            self.config.pools.iter().position(|p| {
+                p.name == found.pool && p.discovery.as_ref() == Some(&found.discovery)
+            })
+        else {
             return; // from before a reload changed the pool
         };
         if self.config.pools[i].backends == found.backends {

@@ -493,9 +493,7 @@ impl Server {
 }
 
 /// Waits until every worker accepts (or one could not start).
-async fn all_accepting(
-    accepting: Vec<tokio::sync::oneshot::Receiver<()>>,
-) -> Result<(), String> {
+async fn all_accepting(accepting: Vec<tokio::sync::oneshot::Receiver<()>>) -> Result<(), String> {
     for (index, accepting) in accepting.into_iter().enumerate() {
         if accepting.await.is_err() {
             return Err(format!("worker {index} could not start (see its log)"));

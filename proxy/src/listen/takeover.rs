@@ -113,14 +113,23 @@ impl Channel {
             sent += self
                 .stream
                 .async_io(Interest::WRITABLE, || {
-                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                    let mut space =
+                        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
                     let mut control = SendAncillaryBuffer::new(&mut space);
                     // The descriptors go with the first byte.
-                    if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                    if sent == 0
+                        && !fds.is_empty()
+                        && !control.push(SendAncillaryMessage::ScmRights(fds))
+                    {
                         return Err(io::Error::other("too many descriptors for one message"));
                     }
                     let iov = [IoSlice::new(&line[sent..])];
-                    Ok(rustix::net::sendmsg(&self.stream, &iov, &mut control, SendFlags::NOSIGNAL)?)
+                    Ok(rustix::net::sendmsg(
+                        &self.stream,
+                        &iov,
+                        &mut control,
+                        SendFlags::NOSIGNAL,
+                    )?)
                 })
                 .await?;
         }
@@ -138,16 +147,25 @@ impl Channel {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
             }
             if self.buf.len() > MAX_LINE {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "a message longer than 64 KiB"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a message longer than 64 KiB",
+                ));
             }
             let mut chunk = [0u8; 4096];
             let (n, truncated) = self
                 .stream
                 .async_io(Interest::READABLE, || {
-                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                    let mut space =
+                        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
                     let mut control = RecvAncillaryBuffer::new(&mut space);
                     let mut iov = [IoSliceMut::new(&mut chunk)];
-                    let got = rustix::net::recvmsg(&self.stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+                    let got = rustix::net::recvmsg(
+                        &self.stream,
+                        &mut iov,
+                        &mut control,
+                        RecvFlags::CMSG_CLOEXEC,
+                    )?;
                     for message in control.drain() {
                         if let RecvAncillaryMessage::ScmRights(received) = message {
                             fds.extend(received);
@@ -157,7 +175,10 @@ impl Channel {
                 })
                 .await?;
             if truncated {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "more descriptors than a message may carry"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "more descriptors than a message may carry",
+                ));
             }
             if n == 0 {
                 return match self.buf.is_empty() {
@@ -200,9 +221,11 @@ impl Predecessor {
             path: path.to_path_buf(),
             reason,
         };
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| fail(format!("{e} (is a Veer with server.upgrade_socket running there?)")))?;
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            fail(format!(
+                "{e} (is a Veer with server.upgrade_socket running there?)"
+            ))
+        })?;
         let mut channel = Channel {
             stream,
             buf: Vec::new(),
@@ -320,16 +343,28 @@ impl Predecessor {
     pub(crate) async fn ready(mut self) {
         let pid = self.pid;
         if let Err(e) = self.channel.send(&Message::Ready, &[]).await {
-            tracing::warn!(pid, "could not tell the old process this one is ready: {e}; it may still be accepting");
+            tracing::warn!(
+                pid,
+                "could not tell the old process this one is ready: {e}; it may still be accepting"
+            );
             return;
         }
         let mut fds = Vec::new();
         match recv_within(&mut self.channel, &mut fds, EXCHANGE_LIMIT).await {
             Ok(Some(Message::Draining)) => {
-                tracing::info!(pid, "took over: the old process stopped accepting and drains")
+                tracing::info!(
+                    pid,
+                    "took over: the old process stopped accepting and drains"
+                )
             }
-            Ok(other) => tracing::warn!(pid, "the old process answered {other:?} to ready; it may still be accepting"),
-            Err(e) => tracing::warn!(pid, "the old process did not confirm ({e}); it may still be accepting"),
+            Ok(other) => tracing::warn!(
+                pid,
+                "the old process answered {other:?} to ready; it may still be accepting"
+            ),
+            Err(e) => tracing::warn!(
+                pid,
+                "the old process did not confirm ({e}); it may still be accepting"
+            ),
         }
     }
 
@@ -355,7 +390,10 @@ pub(crate) struct UpgradeSocket {
 impl UpgradeSocket {
     /// Binds `path` under a temporary name, mode 0600. Unless this process
     /// takes over from the one at `path`, a live process there is an error.
-    pub(crate) fn bind(path: &Path, taking_over_from: Option<&Path>) -> Result<UpgradeSocket, Error> {
+    pub(crate) fn bind(
+        path: &Path,
+        taking_over_from: Option<&Path>,
+    ) -> Result<UpgradeSocket, Error> {
         let fail = |reason: String| Error::UpgradeSocket {
             path: path.to_path_buf(),
             reason,
@@ -429,7 +467,11 @@ pub(crate) async fn serve(
     handed_over: tokio::sync::oneshot::Sender<u32>,
     cancel: CancellationToken,
 ) {
-    let listener = match socket.listener.try_clone().and_then(tokio::net::UnixListener::from_std) {
+    let listener = match socket
+        .listener
+        .try_clone()
+        .and_then(tokio::net::UnixListener::from_std)
+    {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(path = %socket.path.display(), "upgrade socket: {e}; upgrades are off");
@@ -475,7 +517,9 @@ async fn hand_over(stream: UnixStream, sockets: &[(Handed, OwnedFd)]) -> Result<
         .uid();
     let own = rustix::process::geteuid().as_raw();
     if uid != own && uid != 0 {
-        return Err(format!("uid {uid} connected; only uid {own} or root may take over"));
+        return Err(format!(
+            "uid {uid} connected; only uid {own} or root may take over"
+        ));
     }
     let mut channel = Channel {
         stream,
@@ -501,14 +545,19 @@ async fn hand_over(stream: UnixStream, sockets: &[(Handed, OwnedFd)]) -> Result<
         .send(&listeners, &borrowed)
         .await
         .map_err(|e| format!("pid {pid}: sending the sockets: {e}"))?;
-    tracing::info!(pid, "listening sockets handed to a new process; serving on until it is ready");
+    tracing::info!(
+        pid,
+        "listening sockets handed to a new process; serving on until it is ready"
+    );
     match recv_within(&mut channel, &mut fds, READY_LIMIT).await {
         Ok(Some(Message::Ready)) => {
             let _ = channel.send(&Message::Draining, &[]).await;
             tracing::info!(pid, "the new process serves: handing over");
             Ok(pid)
         }
-        Ok(Some(Message::Failed(why))) => Err(format!("the new process (pid {pid}) could not start: {why}")),
+        Ok(Some(Message::Failed(why))) => Err(format!(
+            "the new process (pid {pid}) could not start: {why}"
+        )),
         Ok(Some(other)) => Err(format!("pid {pid}: unexpected message {other:?}")),
         Ok(None) => Err(format!(
             "the new process (pid {pid}) closed the connection before it was ready (did it exit? see its log)"
@@ -562,11 +611,18 @@ mod tests {
     async fn messages_split_and_joined_arrive_one_line_each() {
         let (a, mut b) = pair();
         a.send(&Message::Ready, &[]).await.unwrap();
-        a.send(&Message::Failed("bad\nconfig".into()), &[]).await.unwrap();
+        a.send(&Message::Failed("bad\nconfig".into()), &[])
+            .await
+            .unwrap();
         drop(a);
         let mut fds = Vec::new();
-        assert!(matches!(b.recv(&mut fds).await.unwrap(), Some(Message::Ready)));
-        assert!(matches!(b.recv(&mut fds).await.unwrap(), Some(Message::Failed(w)) if w == "bad\nconfig"));
+        assert!(matches!(
+            b.recv(&mut fds).await.unwrap(),
+            Some(Message::Ready)
+        ));
+        assert!(
+            matches!(b.recv(&mut fds).await.unwrap(), Some(Message::Failed(w)) if w == "bad\nconfig")
+        );
         assert!(b.recv(&mut fds).await.unwrap().is_none());
         assert!(fds.is_empty());
     }

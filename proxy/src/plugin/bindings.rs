@@ -488,9 +488,11 @@ mod tests {
             versions.insert(path.split('/').next().unwrap().to_string());
             files.insert(path.to_string());
         }
-        assert!(["0.1.0", "0.2.0", "0.3.0"]
-            .iter()
-            .all(|v| versions.contains(*v)));
+        assert!(
+            ["0.1.0", "0.2.0", "0.3.0"]
+                .iter()
+                .all(|v| versions.contains(*v))
+        );
         for version in &versions {
             let mut stack = vec![wit.join(version)];
             while let Some(dir) = stack.pop() {
