@@ -26,6 +26,38 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `veer plugin simulate` of `wasm` over 4 backends (zones a, a, b, b), half
+/// the requests preferring zone a; returns its output and each backend's
+/// count of first choices.
+fn simulate_zones(dir: &Path, wasm: &str, requests: u32) -> (String, [u64; 4]) {
+    let requests = requests.to_string();
+    let (ok, text) = run(
+        dir,
+        env!("CARGO_BIN_EXE_veer"),
+        &[
+            "plugin",
+            "simulate",
+            wasm,
+            "--backends",
+            "4",
+            "--requests",
+            &requests,
+            "--header",
+            "x-prefer=a:1,-:1",
+        ],
+    );
+    assert!(ok, "{text}");
+    let share = |id: usize| -> u64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} 10.0.0.")))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no line for backend {id}:\n{text}"))
+    };
+    let shares = [share(0), share(1), share(2), share(3)];
+    (text, shares)
+}
+
 #[test]
 fn a_new_plugin_crate_builds_alone_passes_its_tests_and_checks_and_simulates() {
     let veer = env!("CARGO_BIN_EXE_veer");
@@ -72,33 +104,11 @@ fn a_new_plugin_crate_builds_alone_passes_its_tests_and_checks_and_simulates() {
             && text.contains("world:  veer:balancer@0.3.0"),
         "{text}"
     );
-    let (ok, text) = run(
-        &krate,
-        veer,
-        &[
-            "plugin",
-            "simulate",
-            wasm,
-            "--backends",
-            "4",
-            "--requests",
-            "1000",
-            "--header",
-            "x-prefer=a:1,-:1",
-        ],
-    );
-    assert!(ok, "{text}");
     // Half the requests prefer zone a (backends 0 and 1); the rest go round
     // all four: 0 and 1 get 3/8 each, 2 and 3 1/8 each.
-    let share = |id: &str| -> u64 {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(&format!("{id} 10.0.0.")))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no line for backend {id}:\n{text}"))
-    };
-    assert!((300..450).contains(&share("0")), "{text}");
-    assert!((70..180).contains(&share("3")), "{text}");
+    let (text, share) = simulate_zones(&krate, wasm, 1000);
+    assert!((300..450).contains(&share[0]), "{text}");
+    assert!((70..180).contains(&share[3]), "{text}");
     assert!(text.contains("failures: none"), "{text}");
 }
 
@@ -170,33 +180,11 @@ fn a_python_strategy_simulates_like_a_rust_one() {
     let dir = TempDir::new("python-simulate");
     let built = dir.join("py.wasm");
     build_python_zone(&dir, "0.1.0", &built);
-    let (ok, text) = run(
-        &dir.join(""),
-        env!("CARGO_BIN_EXE_veer"),
-        &[
-            "plugin",
-            "simulate",
-            built.to_str().unwrap(),
-            "--backends",
-            "4",
-            "--requests",
-            "400",
-            "--header",
-            "x-prefer=a:1,-:1",
-        ],
-    );
-    assert!(ok, "{text}");
     // As the Rust skeleton: half prefer zone a (backends 0 and 1), the rest
     // go round all four: 3/8, 3/8, 1/8, 1/8.
-    let share = |id: &str| -> u64 {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(&format!("{id} 10.0.0.")))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no line for backend {id}:\n{text}"))
-    };
-    assert!((110..190).contains(&share("0")), "{text}");
-    assert!((20..80).contains(&share("3")), "{text}");
+    let (text, share) = simulate_zones(&dir.join(""), built.to_str().unwrap(), 400);
+    assert!((110..190).contains(&share[0]), "{text}");
+    assert!((20..80).contains(&share[3]), "{text}");
     assert!(text.contains("failures: none"), "{text}");
 }
 

@@ -1,23 +1,11 @@
 //! The `veer` binary refuses invalid configurations, naming the key.
 
-use std::process::Command;
+use crate::support::veer;
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("veer-test-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn veer(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(args)
-        .output()
-        .expect("veer runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -3,24 +3,12 @@
 //! accepts, and every directive left behind is named with its line.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::pki::Pki;
+use crate::support::veer;
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nginx/nginx.conf")
-}
-
-fn veer(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(args)
-        .output()
-        .expect("veer runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The line of `text` on which `needle` first appears (1-based).

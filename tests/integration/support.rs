@@ -907,3 +907,16 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// Runs the real `veer` binary with `args`: (success, stdout, stderr).
+pub fn veer(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(args)
+        .output()
+        .expect("veer runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
