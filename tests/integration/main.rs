@@ -5,6 +5,7 @@ mod acme;
 mod admin;
 mod authoring;
 mod balancing;
+mod binary_upgrade;
 mod config;
 mod contract;
 mod dashboard;
