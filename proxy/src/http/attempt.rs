@@ -81,6 +81,51 @@ struct Replay<'a> {
     progress: Option<&'a Progress>,
 }
 
+thread_local! {
+    /// Header maps of finished replays, emptied with their room kept: a
+    /// request's copy of its head fills one instead of allocating its own.
+    static SPARE_HEADERS: std::cell::RefCell<Vec<http::HeaderMap>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most spare header maps a worker keeps (one per request in flight
+/// is reused; more only sit there).
+const MAX_SPARE_HEADERS: usize = 64;
+
+/// A copy of `parts` to replay from; its header map comes from the spares.
+/// Header names and values share their bytes, so nothing is copied.
+fn copy_head(parts: &Parts) -> Parts {
+    let mut headers = SPARE_HEADERS
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_default();
+    headers.reserve(parts.headers.len());
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = headers;
+    copy.extensions = parts.extensions.clone();
+    copy
+}
+
+impl Drop for Replay<'_> {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            let mut headers = parts.headers;
+            headers.clear();
+            SPARE_HEADERS.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < MAX_SPARE_HEADERS {
+                    spare.push(headers);
+                }
+            });
+        }
+    }
+}
+
 impl Replay<'_> {
     /// Whether the request can be sent again (without building it).
     fn available(&self) -> bool {
@@ -141,7 +186,7 @@ pub(super) async fn forward(
     pool.budget.deposit();
     let may_repeat = is_idempotent(&parts.method) || retry.non_idempotent;
     let replay = Replay {
-        parts: may_repeat.then(|| parts.clone()),
+        parts: may_repeat.then(|| copy_head(&parts)),
         progress: progress.as_deref(),
     };
     let candidates = policy::slow_start(candidates, &pool.stats, config.slow_start);

@@ -46,6 +46,9 @@ pub struct ConnInfo {
     pub slot: std::sync::Mutex<Option<ConnSlot>>,
     /// `peer` as text, made once (for the access log).
     pub peer_text: std::sync::OnceLock<std::sync::Arc<str>>,
+    /// `peer`'s address as a header value (`X-Forwarded-For`), made once:
+    /// its clones share the bytes, so a request's costs no allocation.
+    pub peer_ip_value: std::sync::OnceLock<HeaderValue>,
 }
 
 impl ConnInfo {
@@ -54,6 +57,14 @@ impl ConnInfo {
         self.peer_text
             .get_or_init(|| self.peer.to_string().into())
             .clone()
+    }
+
+    /// The TCP peer's address as a header value, made once per connection.
+    pub fn peer_ip_value(&self) -> &HeaderValue {
+        self.peer_ip_value.get_or_init(|| {
+            let text = bytes::Bytes::from(self.peer.ip().to_string());
+            HeaderValue::from_maybe_shared(text).expect("an IP address is a valid header value")
+        })
     }
 }
 
@@ -336,6 +347,7 @@ async fn handle_in(
     let authority = authority.map(|a| a.value);
     let peer = rewrite::Peer {
         ip: client.ip(),
+        ip_value: conn.peer_ip_value(),
         trusted,
         tls,
     };

@@ -38,15 +38,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present {
         return;
     }
-    // Header values share their bytes: these clones do not copy them.
-    let named: Vec<HeaderValue> = headers
+    // `Connection` values that name more than the usual tokens (which go
+    // anyway), kept aside while the map changes. Header values share their
+    // bytes, so these clones copy nothing, and two fit on the stack.
+    let named: smallvec::SmallVec<[HeaderValue; 2]> = headers
         .get_all(header::CONNECTION)
         .iter()
+        .filter(|value| tokens(value).any(|t| !is_usual_connection_token(t)))
         .cloned()
         .collect();
+    // `close` is usual but no header of that name goes below: remove it
+    // here, as a named one would be.
+    if headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case("close")))
+    {
+        headers.remove("close");
+    }
     for value in &named {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for token in tokens(value).filter(|t| !is_usual_connection_token(t)) {
             // Never let `Connection` strip what the proxy itself relies on.
             if !token.eq_ignore_ascii_case("host") && !token.eq_ignore_ascii_case("trailer") {
                 headers.remove(token);
@@ -57,6 +68,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// The comma-separated tokens of a `Connection` value (none if it is not
+/// text).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// `close`, `keep-alive` and `upgrade`: what `Connection` usually says
+/// (`keep-alive` and `Upgrade` are removed below anyway, `close` above).
+fn is_usual_connection_token(token: &str) -> bool {
+    ["close", "keep-alive", "upgrade"]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection:
@@ -114,9 +144,12 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Who the request came from, as far as `X-Forwarded-*` go.
-pub struct Peer {
+pub struct Peer<'a> {
     /// The address of the TCP peer.
     pub ip: IpAddr,
+    /// `ip` as a header value (made once per connection: cloning it shares
+    /// its bytes).
+    pub ip_value: &'a HeaderValue,
     /// Whether that peer is a trusted proxy (its forwarding headers are
     /// believed and extended rather than replaced).
     pub trusted: bool,
@@ -132,21 +165,25 @@ pub struct Peer {
 /// connection and request, and `Forwarded` and `X-Real-IP` are removed. From
 /// a trusted peer the peer's address is appended to `X-Forwarded-For`, and
 /// the other headers pass as the peer set them (set here only if absent).
-pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
-    let mut xff = String::with_capacity(48);
-    if peer.trusted {
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer<'_>, host: Option<&HeaderValue>) {
+    if !peer.trusted {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
+    if peer.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        // A chain to extend: the one case that builds a new value.
+        let mut xff = String::with_capacity(48);
         for previous in headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(previous) = previous.to_str() {
                 let _ = write!(xff, "{previous}, ");
             }
         }
+        let _ = write!(xff, "{}", peer.ip);
+        if let Ok(value) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
     } else {
-        headers.remove(&FORWARDED);
-        headers.remove(&X_REAL_IP);
-    }
-    let _ = write!(xff, "{}", peer.ip);
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip_value.clone());
     }
     let keep = |headers: &HeaderMap, name: &HeaderName| peer.trusted && headers.contains_key(name);
     if !keep(headers, &X_FORWARDED_PROTO) {
@@ -177,9 +214,12 @@ mod tests {
             .collect()
     }
 
-    fn peer(trusted: bool) -> Peer {
+    static LOCALHOST: HeaderValue = HeaderValue::from_static("127.0.0.1");
+
+    fn peer(trusted: bool) -> Peer<'static> {
         Peer {
             ip: "127.0.0.1".parse().unwrap(),
+            ip_value: &LOCALHOST,
             trusted,
             tls: false,
         }
@@ -198,6 +238,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn every_connection_field_and_token_counts_close_included() {
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", "Upgrade, x-one"),
+            ("connection", ", X-Two ,"),
+            ("close", "a header that happens to be named close"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-three", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-three"]);
     }
 
     #[test]

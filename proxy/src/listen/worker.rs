@@ -135,6 +135,7 @@ impl Worker {
                                     tls: None,
                                     slot,
                                     peer_text: std::sync::OnceLock::new(),
+                                    peer_ip_value: std::sync::OnceLock::new(),
                                 });
                                 connection::serve(stream, conn, context).await;
                             }
@@ -147,6 +148,7 @@ impl Worker {
                                         tls: Some(info),
                                         slot,
                                         peer_text: std::sync::OnceLock::new(),
+                                        peer_ip_value: std::sync::OnceLock::new(),
                                     });
                                     connection::serve(stream, conn, context).await;
                                 }

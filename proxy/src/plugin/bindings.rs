@@ -381,12 +381,16 @@ pub(super) fn world_of(component: &Component, engine: &Engine) -> Option<String>
 /// (`plugin_long_answers`).
 pub const MAX_ANSWER: usize = 1024;
 
+/// A strategy's order of backend ids: on the stack up to 16 (most pools),
+/// so a request's order costs no allocation.
+pub type Order = smallvec::SmallVec<[u32; 16]>;
+
 /// `select`'s answer as the host reads it: the first [`MAX_ANSWER`] ids at
 /// most, and how many the plugin gave.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Answer {
     /// The ids read, in the plugin's order.
-    pub ids: Vec<u32>,
+    pub ids: Order,
     /// How many ids the plugin answered (more than `ids.len()` when cut).
     pub len: usize,
 }
@@ -533,7 +537,7 @@ mod tests {
         assert_eq!(
             answer,
             Answer {
-                ids: vec![0, 1, 2],
+                ids: Order::from_slice(&[0, 1, 2]),
                 len: 3
             }
         );

@@ -33,7 +33,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::error::PluginError;
 use crate::stats::BackendStats;
-pub use bindings::{Answer, MAX_ANSWER, Verdict};
+pub use bindings::{Answer, MAX_ANSWER, Order, Verdict};
 use bindings::{Exports, Pre, v0_1, v0_2, v0_3, world_of};
 use cache::Cache;
 pub use host::{HostState, MAX_HOST_CALLS, RequestScope};

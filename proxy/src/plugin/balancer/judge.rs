@@ -30,7 +30,7 @@ pub(super) fn judge(
 }
 
 /// Drops ids `>= n` and repeats, keeping the order.
-pub(super) fn keep_valid(ids: &mut Vec<u32>, n: usize) {
+pub(super) fn keep_valid(ids: &mut crate::plugin::Order, n: usize) {
     // A bitset of ids seen; on the stack for pools of up to 256 backends.
     let words = n.div_ceil(64);
     let mut small = [0u64; 4];
@@ -41,8 +41,8 @@ pub(super) fn keep_valid(ids: &mut Vec<u32>, n: usize) {
         large.resize(words, 0);
         &mut large
     };
-    ids.retain(|&id| {
-        let id = id as usize;
+    ids.retain(|id| {
+        let id = *id as usize;
         if id >= n || seen[id / 64] & (1 << (id % 64)) != 0 {
             return false;
         }
@@ -85,8 +85,8 @@ mod tests {
 
     #[test]
     fn unknown_and_repeated_ids_are_dropped_in_order() {
-        let mut ids = vec![2, 9, 0, 2, 1, 0, 70];
+        let mut ids = crate::plugin::Order::from_slice(&[2, 9, 0, 2, 1, 0, 70]);
         keep_valid(&mut ids, 3);
-        assert_eq!(ids, vec![2, 0, 1]);
+        assert_eq!(ids.as_slice(), &[2, 0, 1]);
     }
 }

@@ -32,8 +32,8 @@ use crate::metrics::Metrics;
 use crate::metrics::traffic::{PluginEvent, PluginTraffic};
 use crate::plugin::log::{HOST_LINES_PER_SECOND, LogBudget};
 use crate::plugin::{
-    Answer, BackendInfo, Call, CallError, Instance, Limits, MAX_ANSWER, Plugin, RequestScope,
-    Verdict,
+    Answer, BackendInfo, Call, CallError, Instance, Limits, MAX_ANSWER, Order, Plugin,
+    RequestScope, Verdict,
 };
 use crate::stats::BackendStats;
 
@@ -272,7 +272,7 @@ impl Balancer {
     /// A plugin that refuses the request (0.3.0 `refuse`) gets an empty
     /// order with `scope.refused` set: the request gets a 503, whatever the
     /// policy.
-    pub fn select(&self, request: &Call<'_>, scope: &mut RequestScope) -> Vec<u32> {
+    pub fn select(&self, request: &Call<'_>, scope: &mut RequestScope) -> Order {
         let request = *request;
         let cell = self.slots.get_or(|| RefCell::new(Slot::default()));
         // Not re-entrant: a plugin call never calls back into the balancer.
@@ -359,9 +359,9 @@ impl Balancer {
                         }
                         Metrics::inc(&self.metrics.plugin_refused_requests);
                         scope.refused = Some(crate::plugin::log::cut(&reason).into_owned());
-                        return Vec::new();
+                        return Order::new();
                     }
-                    Verdict::Defer(reason) => (Vec::new(), Some(reason)),
+                    Verdict::Defer(reason) => (Order::new(), Some(reason)),
                 };
                 if ids.is_empty() {
                     self.broke();
@@ -418,7 +418,7 @@ impl Balancer {
 
     /// The order for a request the plugin did not answer, by the pool's
     /// failure policy.
-    fn instead(&self, slot: &mut Slot, request: &Call<'_>, scope: &mut RequestScope) -> Vec<u32> {
+    fn instead(&self, slot: &mut Slot, request: &Call<'_>, scope: &mut RequestScope) -> Order {
         match self.on_failure {
             PluginFailure::LastGood => self.by_last_good(slot, request, scope),
             _ => self.without_plugin(slot, scope),
@@ -427,11 +427,11 @@ impl Balancer {
 
     /// The order when no plugin version answers: the round robin, or none
     /// (a 503) when the pool's policy is `reject`.
-    fn without_plugin(&self, slot: &mut Slot, scope: &mut RequestScope) -> Vec<u32> {
+    fn without_plugin(&self, slot: &mut Slot, scope: &mut RequestScope) -> Order {
         if self.on_failure == PluginFailure::Reject {
             Metrics::inc(&self.metrics.plugin_rejections);
             scope.rejected = true;
-            return Vec::new();
+            return Order::new();
         }
         scope.fell_back = true;
         self.fallback(slot)
@@ -439,12 +439,7 @@ impl Balancer {
 
     /// The order the last good version gives (the round robin's when there
     /// is none, or it cannot answer).
-    fn by_last_good(
-        &self,
-        slot: &mut Slot,
-        request: &Call<'_>,
-        scope: &mut RequestScope,
-    ) -> Vec<u32> {
+    fn by_last_good(&self, slot: &mut Slot, request: &Call<'_>, scope: &mut RequestScope) -> Order {
         let Some(LastGood(recipe)) = &self.last_good else {
             return self.without_plugin(slot, scope);
         };
@@ -461,7 +456,7 @@ impl Balancer {
             Ok(Verdict::Refuse(reason)) => {
                 Metrics::inc(&self.metrics.plugin_refused_requests);
                 scope.refused = Some(crate::plugin::log::cut(&reason).into_owned());
-                Vec::new()
+                Order::new()
             }
             Ok(Verdict::Defer(_)) => self.without_plugin(slot, scope),
             Ok(Verdict::Order(Answer { mut ids, .. })) => {
@@ -540,7 +535,7 @@ impl Balancer {
         }
     }
 
-    fn fallback(&self, slot: &mut Slot) -> Vec<u32> {
+    fn fallback(&self, slot: &mut Slot) -> Order {
         Metrics::inc(&self.metrics.fallback_selections);
         self.traffic.event(PluginEvent::Fallback);
         let n = self.stats.len() as u32;
