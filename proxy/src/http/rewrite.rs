@@ -8,10 +8,12 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded. `Trailer` is not
-/// one of them: it announces trailer fields, which pass through (and hyper
-/// writes an HTTP/1.1 trailer only when `Trailer` names it).
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one connection, never forwarded, and `Upgrade`
+/// (an upgrade the proxy passes on is set again with [`set_upgrade`]).
+/// `Trailer` is not one of them: it announces trailer fields, which pass
+/// through (and hyper writes an HTTP/1.1 trailer only when `Trailer` names
+/// it). `Connection` comes first: see [`hop_by_hop_index`].
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,7 +21,24 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// Where `name` is in [`HOP_BY_HOP`], if it is there: one comparison by
+/// length and bytes per header, instead of one per listed name.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
+    }
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -31,13 +50,30 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Upgrade` (an upgrade the proxy passes on is set again with
 /// [`set_upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: check with one pass before removing.
-    let present = headers
-        .keys()
-        .any(|k| *k == header::UPGRADE || HOP_BY_HOP.iter().any(|h| h == k));
-    if !present {
+    // One pass over the names says which are here (most messages carry
+    // `Connection` at most); only those are looked up again to go.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(index) = hop_by_hop_index(name) {
+            present |= 1 << index;
+        }
+    }
+    if present == 0 {
         return;
     }
+    if present & 1 != 0 {
+        remove_named_in_connection(headers);
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the headers that `Connection` names (RFC 9110 §7.6.1), but for
+/// `Host` and `Trailer`, which the proxy itself relies on.
+fn remove_named_in_connection(headers: &mut HeaderMap) {
     // `Connection` values that name more than the usual tokens (which go
     // anyway), kept aside while the map changes. Header values share their
     // bytes, so these clones copy nothing, and two fit on the stack.
@@ -47,8 +83,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|value| tokens(value).any(|t| !is_usual_connection_token(t)))
         .cloned()
         .collect();
-    // `close` is usual but no header of that name goes below: remove it
-    // here, as a named one would be.
+    // `close` is usual but no header of that name goes with the list:
+    // remove it here, as a named one would be.
     if headers
         .get_all(header::CONNECTION)
         .iter()
@@ -58,16 +94,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for value in &named {
         for token in tokens(value).filter(|t| !is_usual_connection_token(t)) {
-            // Never let `Connection` strip what the proxy itself relies on.
             if !token.eq_ignore_ascii_case("host") && !token.eq_ignore_ascii_case("trailer") {
                 headers.remove(token);
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 /// The comma-separated tokens of a `Connection` value (none if it is not
@@ -82,7 +113,7 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 }
 
 /// `close`, `keep-alive` and `upgrade`: what `Connection` usually says
-/// (`keep-alive` and `Upgrade` are removed below anyway, `close` above).
+/// (`Keep-Alive` and `Upgrade` go with the list anyway, `close` by name).
 fn is_usual_connection_token(token: &str) -> bool {
     ["close", "keep-alive", "upgrade"]
         .iter()
@@ -238,6 +269,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn the_index_table_names_each_hop_by_hop_header_at_its_place() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        for other in [header::HOST, header::TRAILER, HeaderName::from_static("x-te")] {
+            assert_eq!(hop_by_hop_index(&other), None, "{other}");
+        }
     }
 
     #[test]
