@@ -276,7 +276,11 @@ mod tests {
         for (index, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
         }
-        for other in [header::HOST, header::TRAILER, HeaderName::from_static("x-te")] {
+        for other in [
+            header::HOST,
+            header::TRAILER,
+            HeaderName::from_static("x-te"),
+        ] {
             assert_eq!(hop_by_hop_index(&other), None, "{other}");
         }
     }
