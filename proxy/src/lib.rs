@@ -335,10 +335,7 @@ pub fn check_plugin(path: &std::path::Path, config_json: &str) -> Result<PluginR
         version: plugin.version().to_string(),
         world: plugin.world(),
         // Older worlds have no capabilities to ask for.
-        asks: match plugin.world().ends_with("@0.3.0") {
-            true => plugin.capabilities().names(),
-            false => Vec::new(),
-        },
+        asks: plugin.asked().map(|c| c.names()).unwrap_or_default(),
         init,
         selects,
     })

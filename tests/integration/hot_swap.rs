@@ -333,6 +333,18 @@ fn plugin_check_prints_name_version_world_and_the_init_result() {
         !ok && text.contains("veer:balancer@9.9.9") && text.contains("veer:balancer@0.2.0"),
         "{text}"
     );
+    // What a 0.3.0 plugin asks for is listed; an older world asks nothing.
+    let (ok, text) = veer(&["plugin", "check", &test_plugin("feedback")]);
+    assert!(ok && text.contains("asks:   outcomes, hand-over"), "{text}");
+    let older = format!(
+        "{}/../tests/fixtures/round-robin-wit-0.2.0.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (ok, text) = veer(&["plugin", "check", &older]);
+    assert!(
+        ok && text.contains("world:  veer:balancer@0.2.0") && !text.contains("asks:"),
+        "{text}"
+    );
 }
 
 /// The `veer` binary, killed on drop.

@@ -240,6 +240,15 @@ impl Pre {
         }
     }
 
+    /// Whether the world lets a plugin ask for optional calls
+    /// (`capabilities`, 0.3.0 and later).
+    pub(super) fn has_capabilities(&self) -> bool {
+        match self.world {
+            PreWorld::V0_1(_) | PreWorld::V0_2(_) => false,
+            PreWorld::V0_3(_) => true,
+        }
+    }
+
     /// Instantiates the component in `store`: its exports and `select`.
     pub(super) fn instantiate(
         &self,

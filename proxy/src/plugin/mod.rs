@@ -459,6 +459,11 @@ impl Plugin {
     pub fn capabilities(&self) -> Capabilities {
         self.capabilities
     }
+    /// What it asked for, if its world lets it ask (0.3.0 and later); older
+    /// worlds get [`Capabilities::OLDER_WORLDS`] without asking.
+    pub fn asked(&self) -> Option<Capabilities> {
+        self.pre.has_capabilities().then_some(self.capabilities)
+    }
     /// The process's plugin memory, against `plugins.total_memory_mib`.
     pub fn memory(&self) -> &MemoryBudget {
         &self.memory
