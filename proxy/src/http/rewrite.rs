@@ -74,22 +74,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the headers that `Connection` names (RFC 9110 §7.6.1), but for
 /// `Host` and `Trailer`, which the proxy itself relies on.
 fn remove_named_in_connection(headers: &mut HeaderMap) {
-    // `Connection` values that name more than the usual tokens (which go
-    // anyway), kept aside while the map changes. Header values share their
+    // One look at the `Connection` values: the ones that name more than
+    // the usual tokens (which go anyway) are kept aside while the map
+    // changes, and whether one says `close`. Header values share their
     // bytes, so these clones copy nothing, and two fit on the stack.
-    let named: smallvec::SmallVec<[HeaderValue; 2]> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter(|value| tokens(value).any(|t| !is_usual_connection_token(t)))
-        .cloned()
-        .collect();
+    let mut named: smallvec::SmallVec<[HeaderValue; 2]> = smallvec::SmallVec::new();
+    let mut close = false;
+    for value in headers.get_all(header::CONNECTION) {
+        let mut unusual = false;
+        for token in tokens(value) {
+            if token.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if !is_usual_connection_token(token) {
+                unusual = true;
+            }
+        }
+        if unusual {
+            named.push(value.clone());
+        }
+    }
     // `close` is usual but no header of that name goes with the list:
     // remove it here, as a named one would be.
-    if headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case("close")))
-    {
+    if close {
         headers.remove("close");
     }
     for value in &named {
