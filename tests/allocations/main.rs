@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[path = "../integration/support.rs"]
 mod support;
 
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/pki.rs"]
+mod pki;
+
 use support::*;
 
 struct Counting;
@@ -85,6 +89,12 @@ static GLOBAL: Counting = Counting;
 /// buffers.
 const MAX_PER_REQUEST: f64 = 7.0;
 
+/// The same over a keep-alive TLS connection: three more, all rustls's
+/// (DHAT, `bench/results/2026-12-04-perf.md`): each response record is
+/// encrypted into a new buffer, each request's plaintext is taken out as
+/// its own buffer, and a vectored write collects its slices into a `Vec`.
+const MAX_PER_TLS_REQUEST: f64 = 10.0;
+
 /// One-off allocations that happen to fall inside the measured window
 /// (a timer wheel level, a pool's map growing) rather than per request:
 /// a few per thousand requests, never one per request.
@@ -122,15 +132,60 @@ async fn allocations_per_request(workers: usize) -> f64 {
     per_request
 }
 
+/// The same over TLS: a keep-alive HTTPS connection (rustls on both sides;
+/// the client's work is on this test's thread, so it is not counted).
+async fn allocations_per_tls_request(workers: usize) -> f64 {
+    UNCOUNTED.with(|u| u.set(true));
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
+    let pki = pki::Pki::new("allocations");
+    let (cert, key) = pki.server("proxy", &["localhost"]);
+    let proxy = Proxy::start(&format!(
+        "{}[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        server(workers, ""),
+        cert.display(),
+        key.display(),
+        addresses(&[&a, &b, &c])
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(proxy.https.unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut client = Client::H1(sender);
+    allocations_for(&mut client, 300).await;
+    let short = allocations_for(&mut client, 300).await;
+    let long = allocations_for(&mut client, 1300).await;
+    let per_request = long.saturating_sub(short) as f64 / 1000.0;
+    println!(
+        "{workers} worker(s), TLS: {per_request:.2} allocations per request ({short} for 300, {long} for 1300)"
+    );
+    proxy.stop().await;
+    per_request
+}
+
 /// One test, so no other test's proxy counts at the same time.
 #[tokio::test]
-async fn a_proxied_get_costs_no_more_allocations_than_hyper_makes_at_one_and_two_workers() {
+async fn a_proxied_get_costs_no_more_allocations_than_hyper_and_rustls_make_at_one_and_two_workers_and_over_tls()
+ {
     let one = allocations_per_request(1).await;
     let two = allocations_per_request(2).await;
+    let tls = allocations_per_tls_request(1).await;
     for (workers, per_request) in [(1, one), (2, two)] {
         assert!(
             per_request <= MAX_PER_REQUEST + ONE_OFFS,
             "{workers} worker(s): {per_request:.2} allocations per request, over {MAX_PER_REQUEST}"
         );
     }
+    assert!(
+        tls <= MAX_PER_TLS_REQUEST + ONE_OFFS,
+        "TLS: {tls:.2} allocations per request, over {MAX_PER_TLS_REQUEST}"
+    );
 }
