@@ -110,26 +110,36 @@ async fn allocations_for(client: &mut Client, n: u64) -> u64 {
     ALLOCATIONS.load(Relaxed) - before
 }
 
-async fn allocations_per_request(workers: usize) -> f64 {
-    UNCOUNTED.with(|u| u.set(true));
-    let [a, b, c] = start_backends(["a", "b", "c"]).await;
-    let proxy = Proxy::start(&format!(
-        "{}[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
-        server(workers, ""),
-        addresses(&[&a, &b, &c])
-    ))
-    .await;
-    let mut client = Client::h1(proxy.addr).await;
-    // Warm: every backend connection open and pooled, every buffer grown.
+/// Allocations per request on `client` through `proxy` (then stopped):
+/// warmed first (every backend connection open and pooled, every buffer
+/// grown), then the difference of a short and a long run.
+async fn per_request_on(proxy: Proxy, mut client: Client, label: &str) -> f64 {
     allocations_for(&mut client, 300).await;
     let short = allocations_for(&mut client, 300).await;
     let long = allocations_for(&mut client, 1300).await;
     let per_request = long.saturating_sub(short) as f64 / 1000.0;
     println!(
-        "{workers} worker(s): {per_request:.2} allocations per request ({short} for 300, {long} for 1300)"
+        "{label}: {per_request:.2} allocations per request ({short} for 300, {long} for 1300)"
     );
     proxy.stop().await;
     per_request
+}
+
+/// The proxy's configuration: `extra` sections, then a round-robin pool.
+fn config(workers: usize, extra: &str, backends: &[&Backend]) -> String {
+    format!(
+        "{}{extra}[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
+        server(workers, ""),
+        addresses(backends)
+    )
+}
+
+async fn allocations_per_request(workers: usize) -> f64 {
+    UNCOUNTED.with(|u| u.set(true));
+    let [a, b, c] = start_backends(["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(workers, "", &[&a, &b, &c])).await;
+    let client = Client::h1(proxy.addr).await;
+    per_request_on(proxy, client, &format!("{workers} worker(s)")).await
 }
 
 /// The same over TLS: a keep-alive HTTPS connection (rustls on both sides;
@@ -139,36 +149,21 @@ async fn allocations_per_tls_request(workers: usize) -> f64 {
     let [a, b, c] = start_backends(["a", "b", "c"]).await;
     let pki = pki::Pki::new("allocations");
     let (cert, key) = pki.server("proxy", &["localhost"]);
-    let proxy = Proxy::start(&format!(
-        "{}[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n[pools.web]\nstrategy = \"round-robin\"\nbackends = [{}]\n",
-        server(workers, ""),
+    let tls = format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
         cert.display(),
-        key.display(),
-        addresses(&[&a, &b, &c])
-    ))
-    .await;
-    let tcp = tokio::net::TcpStream::connect(proxy.https.unwrap())
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(pki.client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut client = Client::H1(sender);
-    allocations_for(&mut client, 300).await;
-    let short = allocations_for(&mut client, 300).await;
-    let long = allocations_for(&mut client, 1300).await;
-    let per_request = long.saturating_sub(short) as f64 / 1000.0;
-    println!(
-        "{workers} worker(s), TLS: {per_request:.2} allocations per request ({short} for 300, {long} for 1300)"
+        key.display()
     );
-    proxy.stop().await;
-    per_request
+    let proxy = Proxy::start(&config(workers, &tls, &[&a, &b, &c])).await;
+    let (sender, _) = pki::https_connection(pki.client_config(), proxy.https.unwrap(), "localhost")
+        .await
+        .unwrap();
+    per_request_on(
+        proxy,
+        Client::H1(sender),
+        &format!("{workers} worker(s), TLS"),
+    )
+    .await
 }
 
 /// One test, so no other test's proxy counts at the same time.

@@ -97,15 +97,19 @@ impl Pki {
 
 use rustls_pki_types::pem::PemObject;
 
-/// One HTTPS GET on a fresh connection (a full handshake each time); returns
-/// the status and the DER of the certificate the server presented.
-pub async fn https_get(
+/// A new HTTPS connection to `addr` as `name`, spoken HTTP/1.1 over: its
+/// sender, and the DER of the certificate the server presented.
+pub async fn https_connection(
     config: Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     name: &str,
-    path: &str,
-) -> Result<(u16, Vec<u8>), String> {
-    use http_body_util::BodyExt;
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<crate::support::TestBody>,
+        Vec<u8>,
+    ),
+    String,
+> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -121,11 +125,23 @@ pub async fn https_get(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    Ok((sender, presented))
+}
+
+/// One HTTPS GET on a fresh connection (a full handshake each time); returns
+/// the status and the DER of the certificate the server presented.
+pub async fn https_get(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::BodyExt;
+    let (mut sender, presented) = https_connection(config, addr, name).await?;
     let request = http::Request::get(path)
         .header("host", name)
         .body(crate::support::empty())
