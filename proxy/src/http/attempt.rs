@@ -466,8 +466,7 @@ fn switch_protocols(
     exchange: Exchange,
     client: Option<(hyper::upgrade::OnUpgrade, &ClientSlot)>,
 ) -> Response<ProxyBody> {
-    let mut response = exchange.into_upgrade();
-    let Some((client, place)) = client else {
+    let (Some((client, place)), Some(mut response)) = (client, exchange.into_upgrade()) else {
         Metrics::inc(&ctx.metrics.bad_gateway);
         return message(
             StatusCode::BAD_GATEWAY,

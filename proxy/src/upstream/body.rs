@@ -14,8 +14,9 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::Exchange;
+use super::error::Cause;
 use super::pool::{Lease, give_back};
+use super::{Exchange, InlineBody, Received};
 use crate::metrics::Metrics;
 use crate::stall::StallTimer;
 use crate::stats::InFlight;
@@ -25,8 +26,8 @@ use crate::stats::InFlight;
 pub enum ResponseBodyError {
     /// The backend sent nothing for `read_timeout_ms`.
     Stalled(Duration),
-    /// The backend's connection failed mid-body.
-    Broken(hyper::Error),
+    /// The backend's connection failed mid-body, or it broke HTTP/1.1.
+    Broken(Cause),
 }
 
 impl std::fmt::Display for ResponseBodyError {
@@ -44,13 +45,40 @@ impl std::error::Error for ResponseBodyError {}
 
 /// A backend's response body (see the module docs).
 pub struct UpstreamBody {
-    inner: Incoming,
-    returner: Option<Lease>,
+    inner: Inner,
     done: bool,
     /// Fires after `read_timeout_ms` without a frame from the backend.
     stall: StallTimer,
     metrics: Arc<Metrics>,
     _in_flight: InFlight,
+}
+
+/// Where the body comes from.
+enum Inner {
+    /// hyper's client, and what holds its connection (an HTTP/1.1 one
+    /// returns through it; `None` once it must not).
+    Hyper {
+        body: Incoming,
+        lease: Option<Lease>,
+    },
+    /// The inline exchange (which returns its connection itself).
+    Inline(InlineBody),
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Inline(body) => body.is_end_stream(),
+        }
+    }
+
+    /// The body broke or stalled: its connection must not be used again.
+    fn give_up(&mut self) {
+        if let Inner::Hyper { lease, .. } = self {
+            *lease = None;
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -61,13 +89,15 @@ impl UpstreamBody {
         read_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Response<UpstreamBody> {
-        let Exchange {
-            response,
-            lease: returner,
-        } = exchange;
+        let Exchange { response, lease } = exchange;
         response.map(|inner| UpstreamBody {
-            inner,
-            returner: Some(returner),
+            inner: match inner {
+                Received::Hyper(body) => Inner::Hyper {
+                    body,
+                    lease: Some(lease),
+                },
+                Received::Inline(body) => Inner::Inline(body),
+            },
             done: false,
             stall: StallTimer::new(read_timeout),
             metrics,
@@ -78,8 +108,10 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(Lease::H1(returner)) = self.returner.take()
-            && (self.done || self.inner.is_end_stream())
+        let done = self.done || self.inner.is_end_stream();
+        if let Inner::Hyper { lease, .. } = &mut self.inner
+            && let Some(Lease::H1(returner)) = lease.take()
+            && done
         {
             give_back(returner);
         }
@@ -95,7 +127,11 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Inner::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Cause::Hyper),
+            Inner::Inline(body) => body.poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(None) => {
                 this.done = true;
                 Poll::Ready(None)
@@ -106,13 +142,13 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 Metrics::inc(&this.metrics.upstream_body_errors);
-                this.returner = None;
+                this.inner.give_up();
                 Poll::Ready(Some(Err(ResponseBodyError::Broken(e))))
             }
             Poll::Pending => {
                 if this.stall.poll_stalled(cx) {
                     Metrics::inc(&this.metrics.upstream_body_timeouts);
-                    this.returner = None;
+                    this.inner.give_up();
                     return Poll::Ready(Some(Err(ResponseBodyError::Stalled(this.stall.limit()))));
                 }
                 Poll::Pending
@@ -125,6 +161,9 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Inline(body) => body.size_hint(),
+        }
     }
 }

@@ -28,8 +28,8 @@ pub enum UpstreamError {
     ClosedBeforeSend {
         /// The backend.
         addr: SocketAddr,
-        /// hyper's account.
-        source: hyper::Error,
+        /// What happened.
+        source: Cause,
     },
     /// The request was (at least partly) sent, then the connection failed
     /// before any response byte arrived. The backend may have acted on it.
@@ -40,15 +40,15 @@ pub enum UpstreamError {
         /// likely cause is the backend closing an idle connection just as the
         /// request went out: a fresh connection usually succeeds).
         reused: bool,
-        /// hyper's account.
-        source: hyper::Error,
+        /// What happened.
+        source: Cause,
     },
     /// The backend sent something that is not a valid HTTP response head.
     InvalidResponse {
         /// The backend.
         addr: SocketAddr,
-        /// hyper's account.
-        source: hyper::Error,
+        /// What happened.
+        source: Cause,
     },
     /// No response head within `response_timeout_ms` of the request body's
     /// end, or the backend stopped reading the request body for
@@ -61,6 +61,46 @@ pub enum UpstreamError {
         /// Its setting.
         after: Duration,
     },
+}
+
+/// What a connection to a backend said, or failed with: hyper's account
+/// (HTTP/2, and HTTP/1.1 with a request body or an upgrade), or, for the
+/// inline HTTP/1.1 exchange, the socket's error or what was wrong with the
+/// bytes.
+#[derive(Debug)]
+pub enum Cause {
+    /// From hyper's client.
+    Hyper(hyper::Error),
+    /// The socket (or TLS) failed, or closed.
+    Io(std::io::Error),
+    /// The backend broke HTTP/1.1: what it got wrong.
+    Protocol(&'static str),
+}
+
+impl From<hyper::Error> for Cause {
+    fn from(e: hyper::Error) -> Cause {
+        Cause::Hyper(e)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Hyper(e) => write!(f, "{e}"),
+            Cause::Io(e) => write!(f, "{e}"),
+            Cause::Protocol(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Cause::Hyper(e) => Some(e),
+            Cause::Io(e) => Some(e),
+            Cause::Protocol(_) => None,
+        }
+    }
 }
 
 /// Why a connect failed.

@@ -172,10 +172,7 @@ pub(super) async fn send(
         };
         match sender.try_send_request(request).await {
             Ok(response) => {
-                return Ok(Exchange {
-                    response,
-                    lease: Lease::H2(slot),
-                });
+                return Ok(super::through_hyper(response, Lease::H2(slot)));
             }
             Err(mut e) => match e.take_message() {
                 // The connection went away before this stream opened: try
@@ -185,7 +182,7 @@ pub(super) async fn send(
                     return Err(SendFailure {
                         error: UpstreamError::ClosedBeforeSend {
                             addr: target.addr,
-                            source: e.into_error(),
+                            source: e.into_error().into(),
                         },
                         unsent: Some(Box::new(from_h2(unsent))),
                     });

@@ -4,12 +4,15 @@
 //! backend, the request comes back intact for the next candidate (safe to
 //! retry for any method, body included, because not a byte of it was read).
 //!
+//! HTTP/1.1 requests without a body or an upgrade are exchanged inline by
+//! the request's own task (`h1`); the others go through hyper's client.
 //! An HTTP/1.1 connection returns to the pool when the response body has
 //! been read to its end ([`UpstreamBody`]); a response dropped early closes
 //! its connection, as it must. An HTTP/2 stream frees its place on its
 //! connection when its response is done or dropped.
 //!
-//! Files: `pool` (idle HTTP/1.1 connections, per worker), `h2` (HTTP/2
+//! Files: `h1` (the inline HTTP/1.1 exchange), `pool` (idle HTTP/1.1
+//! connections, per worker), `h2` (HTTP/2
 //! connections, per worker, with a cap on streams each), `body` (the
 //! response body that returns its connection when read to the end, with a
 //! read timer), `error` (what failed, and whether a retry is safe), `tls`
@@ -17,6 +20,7 @@
 
 mod body;
 mod error;
+mod h1;
 mod h2;
 mod pool;
 mod tls;
@@ -38,6 +42,7 @@ use crate::http::body::RequestBody;
 use crate::metrics::Metrics;
 pub use body::UpstreamBody;
 pub use error::{ConnectFailure, RetrySafety, UpstreamError};
+pub use h1::InlineBody;
 pub use h2::Tracked;
 use pool::{Lease, Returner, Sender, checkout};
 pub use pool::{drain, sweep_idle};
@@ -74,15 +79,37 @@ pub struct SendFailure {
 /// A response from a backend, and what to do with its connection afterwards.
 pub struct Exchange {
     /// The backend's response (head read, body still streaming).
-    pub response: Response<Incoming>,
+    pub response: Response<Received>,
     lease: Lease,
+}
+
+/// A response body as it comes from the backend's connection.
+pub enum Received {
+    /// Through hyper's client (HTTP/2, or HTTP/1.1 with a request body or an
+    /// upgrade).
+    Hyper(Incoming),
+    /// Read inline off an HTTP/1.1 connection.
+    Inline(InlineBody),
 }
 
 impl Exchange {
     /// The response of a backend that switched protocols: its connection
-    /// is no longer HTTP and never returns to the pool.
-    pub fn into_upgrade(self) -> Response<Incoming> {
-        self.response
+    /// is no longer HTTP and never returns to the pool. `None` when the
+    /// request asked for no upgrade (it went the inline way).
+    pub fn into_upgrade(self) -> Option<Response<Incoming>> {
+        let (head, body) = self.response.into_parts();
+        match body {
+            Received::Hyper(body) => Some(Response::from_parts(head, body)),
+            Received::Inline(_) => None,
+        }
+    }
+}
+
+/// A response from hyper's client, as an exchange.
+fn through_hyper(response: Response<Incoming>, lease: Lease) -> Exchange {
+    Exchange {
+        response: response.map(Received::Hyper),
+        lease,
     }
 }
 
@@ -106,6 +133,9 @@ pub async fn send(
     if target.protocol.is_h2() {
         return h2::send(target, request, which, tracker, metrics).await;
     }
+    if h1::takes(&request) {
+        return h1::send(target, request, which, metrics).await;
+    }
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
     let pooled = || match which {
@@ -122,13 +152,11 @@ pub async fn send(
         }
         match sender.try_send_request(request).await {
             Ok(response) => {
-                return Ok(Exchange {
-                    response,
-                    lease: Lease::H1(Returner {
-                        sender,
-                        slot: target.slot(),
-                    }),
+                let lease = Lease::H1(Returner {
+                    sender,
+                    slot: target.slot(),
                 });
+                return Ok(through_hyper(response, lease));
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) => request = unsent,
@@ -155,18 +183,18 @@ pub async fn send(
         }
     };
     match sender.try_send_request(request).await {
-        Ok(response) => Ok(Exchange {
-            response,
-            lease: Lease::H1(Returner {
+        Ok(response) => {
+            let lease = Lease::H1(Returner {
                 sender,
                 slot: target.slot(),
-            }),
-        }),
+            });
+            Ok(through_hyper(response, lease))
+        }
         Err(mut e) => match e.take_message() {
             Some(unsent) => Err(SendFailure {
                 error: UpstreamError::ClosedBeforeSend {
                     addr: target.addr,
-                    source: e.into_error(),
+                    source: e.into_error().into(),
                 },
                 unsent: Some(Box::new(unsent)),
             }),
@@ -181,12 +209,15 @@ pub async fn send(
 /// Classifies a failure after the request went out.
 fn after_send(addr: SocketAddr, reused: bool, source: hyper::Error) -> UpstreamError {
     if source.is_parse() || source.is_parse_status() {
-        UpstreamError::InvalidResponse { addr, source }
+        UpstreamError::InvalidResponse {
+            addr,
+            source: source.into(),
+        }
     } else {
         UpstreamError::SentNoResponse {
             addr,
             reused,
-            source,
+            source: source.into(),
         }
     }
 }

@@ -1,0 +1,240 @@
+//! HTTP/1.1 to a backend driven inline by the request's own task, for
+//! requests without a body or an upgrade (most of what a proxy carries).
+//! The task writes the head from the connection's reused buffer, reads the
+//! response head into the request's own header map (emptied: the request
+//! has gone), and the client's connection task then reads the body straight
+//! off the socket ([`InlineBody`]). hyper's client would run a task per
+//! connection and hand each request to it and the response back through
+//! channels; here there is none of that, and no allocation once a
+//! connection is warm.
+//!
+//! The retry guarantees are the same as on hyper's path: a pooled
+//! connection found closed is skipped; one that fails before a byte of the
+//! request was written gives the request back untouched; one that closes
+//! after the request went out but before a byte of response is
+//! `SentNoResponse` (for a pooled connection: the keep-alive race, sent
+//! once more on a new connection when it may be).
+//!
+//! Files: `codec` (writing the request head, parsing the response head, how
+//! the body is delimited), `chunked` (decoding a chunked body), `body` (the
+//! response body and the connection's return to the pool).
+
+mod body;
+mod chunked;
+mod codec;
+
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::{Method, Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+pub use body::InlineBody;
+
+use super::error::Cause;
+use super::pool::{self, Lease};
+use super::{
+    Connection, Exchange, Received, SendFailure, Stream, Target, UpstreamError, connect_stream,
+};
+use crate::http::body::RequestBody;
+use crate::metrics::Metrics;
+
+/// How much room the read buffer starts with.
+const BUFFER: usize = 16 * 1024;
+
+/// The least free room a read asks for. Less than [`BUFFER`], so that the
+/// room left after a head or a frame is handed on (which shares the buffer)
+/// is used before a new buffer is made.
+pub(super) const READ_ROOM: usize = 4 * 1024;
+
+/// An HTTP/1.1 connection to a backend between requests: the stream, and
+/// its read buffer (empty when pooled).
+pub(super) struct Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+thread_local! {
+    /// Where this worker writes request heads: taken for a write and put
+    /// back after (a write that waits meanwhile leaves the next one a new
+    /// buffer, which then stays).
+    static HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Conn {
+    fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(BUFFER),
+        }
+    }
+
+    /// Whether an idle connection is still usable: not closed by the
+    /// backend, and nothing unasked for arrived on it. Looks without
+    /// waiting.
+    pub(super) fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(
+            std::pin::Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+/// Whether `request` goes the inline way: no body, no upgrade, no tunnel.
+pub(super) fn takes(request: &Request<RequestBody>) -> bool {
+    matches!(request.body(), RequestBody::Empty)
+        && request.method() != Method::CONNECT
+        && !request.headers().contains_key(http::header::UPGRADE)
+}
+
+/// Sends `request` (see [`takes`]) to `target` on a pooled connection or a
+/// new one, and reads the response head.
+pub(super) async fn send(
+    target: Target<'_>,
+    request: Request<RequestBody>,
+    which: Connection,
+    metrics: &Metrics,
+) -> Result<Exchange, SendFailure> {
+    let key = target.pool_key();
+    let mut pooled = which == Connection::PooledOrNew;
+    let (mut conn, reused, close) = loop {
+        let idle = if pooled {
+            pool::checkout_inline(key)
+        } else {
+            None
+        };
+        let reused = idle.is_some();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => {
+                pooled = false;
+                Metrics::inc(&metrics.upstream_connects);
+                match connect_stream(target.dial()).await {
+                    Ok(io) => Conn::new(io),
+                    Err(reason) => {
+                        return Err(SendFailure {
+                            error: UpstreamError::Connect {
+                                addr: target.addr,
+                                reason,
+                            },
+                            unsent: Some(Box::new(request)),
+                        });
+                    }
+                }
+            }
+        };
+        let mut out = HEAD.take();
+        out.clear();
+        let close = codec::encode_request(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+            &mut out,
+        );
+        let written = write_head(&mut conn.io, &out).await;
+        HEAD.set(out);
+        match written {
+            Ok(()) => break (conn, reused, close),
+            // A pooled connection that failed before taking a byte: the
+            // next one (or a new one) gets the request.
+            Err((_, true)) if reused => continue,
+            Err((e, true)) => {
+                return Err(SendFailure {
+                    error: UpstreamError::ClosedBeforeSend {
+                        addr: target.addr,
+                        source: Cause::Io(e),
+                    },
+                    unsent: Some(Box::new(request)),
+                });
+            }
+            Err((e, false)) => {
+                return Err(SendFailure {
+                    error: UpstreamError::SentNoResponse {
+                        addr: target.addr,
+                        reused,
+                        source: Cause::Io(e),
+                    },
+                    unsent: None,
+                });
+            }
+        }
+    };
+    // The request has gone: its header map takes the response's headers.
+    let (parts, _) = request.into_parts();
+    let method = parts.method;
+    let mut headers = parts.headers;
+    let failed = |error| {
+        Err(SendFailure {
+            error,
+            unsent: None,
+        })
+    };
+    let mut received = false;
+    let head = loop {
+        match codec::parse_response(&mut conn.buf, &method, &mut headers) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(what) => {
+                return failed(UpstreamError::InvalidResponse {
+                    addr: target.addr,
+                    source: Cause::Protocol(what),
+                });
+            }
+        }
+        conn.buf.reserve(READ_ROOM);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) if received => {
+                return failed(UpstreamError::InvalidResponse {
+                    addr: target.addr,
+                    source: Cause::Protocol("it closed the connection inside the response head"),
+                });
+            }
+            Ok(0) => {
+                return failed(UpstreamError::SentNoResponse {
+                    addr: target.addr,
+                    reused,
+                    source: Cause::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                });
+            }
+            Err(e) => {
+                return failed(UpstreamError::SentNoResponse {
+                    addr: target.addr,
+                    reused,
+                    source: Cause::Io(e),
+                });
+            }
+            Ok(_) => received = true,
+        }
+    };
+    let body = InlineBody::new(
+        conn,
+        head.framing,
+        head.keep_alive && !close && !pool::draining(),
+        target.slot(),
+    );
+    let mut response = Response::new(Received::Inline(body));
+    *response.status_mut() = head.status;
+    *response.headers_mut() = headers;
+    Ok(Exchange {
+        response,
+        lease: Lease::InBody,
+    })
+}
+
+/// Writes a request head. The error says whether nothing of it was taken
+/// (then nothing reached the backend).
+async fn write_head(io: &mut Stream, head: &[u8]) -> Result<(), (std::io::Error, bool)> {
+    let mut written = 0;
+    while written < head.len() {
+        match io.write(&head[written..]).await {
+            Ok(0) => return Err((std::io::ErrorKind::WriteZero.into(), written == 0)),
+            Ok(n) => written += n,
+            Err(e) => return Err((e, written == 0)),
+        }
+    }
+    io.flush().await.map_err(|e| (e, false))
+}

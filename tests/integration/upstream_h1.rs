@@ -1,0 +1,314 @@
+//! HTTP/1.1 to backends, as the inline exchange speaks it: backends that
+//! write exact bytes (every way RFC 9112 delimits a body, interim answers,
+//! old and broken servers), real clients through the proxy, and what each
+//! backend connection carried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// A backend that answers each request with the next of `answers` (in
+/// turn, across connections), closing after each one when `close`.
+struct Scripted {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    /// The head of the first request it read.
+    first: Arc<std::sync::Mutex<String>>,
+}
+
+impl Scripted {
+    async fn start(answers: &'static [&'static [u8]], close: bool) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Scripted {
+            addr: listener.local_addr().unwrap(),
+            connections: Arc::default(),
+            requests: Arc::default(),
+            first: Arc::default(),
+        };
+        let (connections, requests, first) = (
+            backend.connections.clone(),
+            backend.requests.clone(),
+            backend.first.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Relaxed);
+                let (requests, first) = (requests.clone(), first.clone());
+                tokio::spawn(serve(stream, answers, close, requests, first));
+            }
+        });
+        backend
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    answers: &'static [&'static [u8]],
+    close: bool,
+    requests: Arc<AtomicU64>,
+    first: Arc<std::sync::Mutex<String>>,
+) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = got.drain(..end + 4).collect();
+            let n = requests.fetch_add(1, Relaxed) as usize;
+            if n == 0 {
+                *first.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
+            }
+            if stream.write_all(answers[n % answers.len()]).await.is_err() || close {
+                return;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn proxy_to(backend: &Scripted, workers: usize) -> Proxy {
+    Proxy::start(&format!(
+        "{}[pools.web]\nbackends = [\"{}\"]\nmax_fails = 0\nretries = 0\n",
+        server(workers, ""),
+        backend.addr
+    ))
+    .await
+}
+
+const EVERY_FRAMING: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninterim",
+];
+
+async fn keep_alive_gets_share_one_backend_connection_whatever_the_framing(workers: usize) {
+    let backend = Scripted::start(EVERY_FRAMING, false).await;
+    let proxy = proxy_to(&backend, workers).await;
+    let mut client = Client::h1(proxy.addr).await;
+    for round in 0..10 {
+        for expected in ["length", "wikipedia", "", "interim"] {
+            let answer = client.get("/p?q=1").await;
+            let status = if expected.is_empty() { 204 } else { 200 };
+            assert_eq!(answer.status, status, "round {round}");
+            assert_eq!(answer.body, expected, "round {round}");
+        }
+    }
+    assert_eq!(backend.requests.load(Relaxed), 40);
+    assert_eq!(
+        backend.connections.load(Relaxed),
+        1,
+        "every answer was read to its end, so its connection carried the next request"
+    );
+    let first = backend.first.lock().unwrap().clone();
+    assert!(first.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{first}");
+    assert!(first.contains("\r\nhost: localhost\r\n"), "{first}");
+}
+
+#[tokio::test]
+async fn keep_alive_gets_share_one_backend_connection_whatever_the_framing_with_one_worker() {
+    keep_alive_gets_share_one_backend_connection_whatever_the_framing(1).await;
+}
+
+#[tokio::test]
+async fn keep_alive_gets_share_one_backend_connection_whatever_the_framing_with_two_workers() {
+    keep_alive_gets_share_one_backend_connection_whatever_the_framing(2).await;
+}
+
+#[tokio::test]
+async fn a_chunked_answer_to_a_get_keeps_its_trailers() {
+    let backend = Scripted::start(
+        &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n9\r\nwikipedia\r\n0\r\nx-sum: 42\r\n\r\n"],
+        false,
+    )
+    .await;
+    let proxy = proxy_to(&backend, 1).await;
+    let mut client = Client::h1(proxy.addr).await;
+    let request = Request::get("/")
+        .header("host", "localhost")
+        .header("te", "trailers")
+        .body(empty())
+        .unwrap();
+    let response = client.send(request).await;
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("the trailer came through");
+    assert_eq!(trailers["x-sum"], "42");
+    assert_eq!(&collected.to_bytes()[..], b"wikipedia");
+}
+
+#[tokio::test]
+async fn an_http10_answer_without_a_length_is_read_to_its_close_and_not_reused() {
+    let backend = Scripted::start(&[b"HTTP/1.0 200 OK\r\nx-old: 1\r\n\r\nold school"], true).await;
+    let proxy = proxy_to(&backend, 1).await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..3 {
+        let answer = client.get("/").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "old school");
+        assert_eq!(answer.headers["x-old"], "1");
+    }
+    assert_eq!(backend.connections.load(Relaxed), 3);
+}
+
+#[tokio::test]
+async fn a_head_answer_has_no_body_and_keeps_its_connection() {
+    let backend = Scripted::start(
+        &[
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nwikipedia",
+        ],
+        false,
+    )
+    .await;
+    let proxy = proxy_to(&backend, 1).await;
+    let mut client = Client::h1(proxy.addr).await;
+    let head = Request::head("/")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let response = client.send(head).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-length"], "9");
+    assert!(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    let answer = client.get("/").await;
+    assert_eq!(answer.body, "wikipedia");
+    assert_eq!(backend.connections.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_backend_that_breaks_http_gets_a_502_that_says_how() {
+    for (answer, says) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcd"[..],
+            "Content-Length is not valid",
+        ),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not valid HTTP/1.1"),
+        (
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding in an HTTP/1.0 response",
+        ),
+    ] {
+        let answers: &'static [&'static [u8]] = Box::leak(Box::new([answer]));
+        let backend = Scripted::start(answers, false).await;
+        let proxy = proxy_to(&backend, 1).await;
+        let answer = Client::h1(proxy.addr).await.get("/").await;
+        assert_eq!(answer.status, 502, "{}", answer.body);
+        assert!(answer.body.contains(says), "{}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_closes_the_clients_connection_and_the_next_request_is_served() {
+    let backend = Scripted::start(
+        &[
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nwhole",
+        ],
+        true,
+    )
+    .await;
+    let proxy = proxy_to(&backend, 1).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut client, Duration::from_secs(5)).await;
+    assert!(closed, "the client hears of it at once: {got:?}");
+    // Whatever of the head and the five bytes went out, the client can
+    // tell: the connection closed short of the ten bytes announced.
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    assert!(body.len() < 10, "{got:?}");
+    let answer = Client::h1(proxy.addr).await.get("/").await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "whole")
+    );
+    assert_eq!(
+        proxy.metrics.snapshot().upstream_body_errors,
+        1,
+        "counted as the backend's body breaking"
+    );
+}
+
+#[tokio::test]
+async fn bytes_after_a_body_keep_its_connection_out_of_the_pool() {
+    let backend = Scripted::start(
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK"],
+        false,
+    )
+    .await;
+    let proxy = proxy_to(&backend, 1).await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..3 {
+        let answer = client.get("/").await;
+        assert_eq!((answer.status.as_u16(), answer.body.as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        backend.connections.load(Relaxed),
+        3,
+        "a connection with unasked-for bytes on it carries nothing more"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_closed_is_not_used_again() {
+    // The backend answers with a length, then closes a moment later, as a
+    // server with a short keep-alive timeout does: the proxy sees the close
+    // on the idle connection and opens a new one, without a failed try.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{addr}\"]\nmax_fails = 0\n"
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.body, "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connections.load(Relaxed), 3);
+    assert_eq!(
+        proxy.metrics.snapshot().fresh_connection_retries,
+        0,
+        "the closed connection was seen before a request was written to it"
+    );
+}
