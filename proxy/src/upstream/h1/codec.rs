@@ -4,6 +4,9 @@
 //! delimited (§6.3), which also says whether the connection can be used
 //! again.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -15,6 +18,18 @@ pub(super) const MAX_HEADERS: usize = 128;
 /// (`proxy_buffer_size`, 4 or 8 KiB) and answers 502 past it; this is
 /// roomier, for backends that set large cookies.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a header line's name and value lie in the buffer.
+struct Span {
+    name: std::ops::Range<u32>,
+    value: std::ops::Range<u32>,
+}
+
+thread_local! {
+    /// The spans of the head being parsed (kept, so parsing allocates
+    /// nothing once warm).
+    static SPANS: RefCell<Vec<Span>> = const { RefCell::new(Vec::new()) };
+}
 
 /// How the body after a response head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +113,16 @@ pub(super) fn parse_response(
     loop {
         // Where each header's name and value lie in `buf`: the lines borrow
         // `buf`, which is split off (without a copy) once they are read.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let (len, code, minor, count) = {
-            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut lines);
-            let len = match response.parse(buf) {
+        let parsed = SPANS.with_borrow_mut(|spans| {
+            spans.clear();
+            let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                buf,
+                &mut lines,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                     return Err("its response head is larger than 64 KiB");
@@ -118,22 +138,22 @@ pub(super) fn parse_response(
             }
             let base = buf.as_ptr() as usize;
             let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-            for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
+            spans.extend(response.headers.iter().map(|line| {
                 let name = offset(line.name.as_bytes());
                 let value = offset(line.value);
-                *span = (
-                    name,
-                    name + line.name.len() as u32,
-                    value,
-                    value + line.value.len() as u32,
-                );
-            }
-            (
+                Span {
+                    name: name..name + line.name.len() as u32,
+                    value: value..value + line.value.len() as u32,
+                }
+            }));
+            Ok(Some((
                 len,
                 response.code.unwrap_or(0),
                 response.version.unwrap_or(1),
-                response.headers.len(),
-            )
+            )))
+        });
+        let Some((len, code, minor)) = parsed? else {
+            return Ok(None);
         };
         let status = StatusCode::from_u16(code).map_err(|_| "its status code is not valid")?;
         if status.is_informational() && code != 101 {
@@ -147,17 +167,20 @@ pub(super) fn parse_response(
         };
         let head = buf.split_to(len).freeze();
         headers.clear();
-        headers.reserve(count);
         let mut facts = Facts::new(version);
-        for &(name_from, name_to, value_from, value_to) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name_from as usize..name_to as usize])
-                .map_err(|_| "a response header name is not valid")?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(value_from as usize..value_to as usize))
+        SPANS.with_borrow(|spans| {
+            headers.reserve(spans.len());
+            for span in spans {
+                let range = |r: &std::ops::Range<u32>| r.start as usize..r.end as usize;
+                let name = HeaderName::from_bytes(&head[range(&span.name)])
+                    .map_err(|_| "a response header name is not valid")?;
+                let value = HeaderValue::from_maybe_shared(head.slice(range(&span.value)))
                     .map_err(|_| "a response header value is not valid")?;
-            facts.note(&name, &value);
-            headers.append(name, value);
-        }
+                facts.note(&name, &value);
+                headers.append(name, value);
+            }
+            Ok::<(), &'static str>(())
+        })?;
         return facts.head(status, version, method).map(Some);
     }
 }

@@ -175,10 +175,11 @@ pub(super) async fn send(
     };
     let mut received = false;
     let head = loop {
-        match codec::parse_response(&mut conn.buf, &method, &mut headers) {
-            Ok(Some(head)) => break head,
-            Ok(None) => {}
-            Err(what) => {
+        // Nothing to parse before the first read.
+        match received.then(|| codec::parse_response(&mut conn.buf, &method, &mut headers)) {
+            Some(Ok(Some(head))) => break head,
+            None | Some(Ok(None)) => {}
+            Some(Err(what)) => {
                 return failed(UpstreamError::InvalidResponse {
                     addr: target.addr,
                     source: Cause::Protocol(what),
