@@ -76,7 +76,7 @@ static GLOBAL: Counting = Counting;
 /// and back, round robin through the built-in Wasm plugin, both sides
 /// kept alive. Veer's own code makes none, and the inline HTTP/1.1
 /// exchange to the backend none once its connection is warm; the three
-/// left are hyper's server side (DHAT, `bench/results/2026-12-05-inline.md`):
+/// left are hyper's server side (DHAT, `bench/results/2026-12-04-inline.md`):
 /// - a new 8 KiB read buffer per request, and its promotion to a shared
 ///   buffer (2): the last request's header bytes still point into the old
 ///   one when hyper reads again;
