@@ -22,6 +22,8 @@ struct Scripted {
     requests: Arc<AtomicU64>,
     /// The head of the first request it read.
     first: Arc<std::sync::Mutex<String>>,
+    /// The heads of all the requests it read.
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Scripted {
@@ -32,17 +34,19 @@ impl Scripted {
             connections: Arc::default(),
             requests: Arc::default(),
             first: Arc::default(),
+            heads: Arc::default(),
         };
-        let (connections, requests, first) = (
+        let (connections, requests, first, heads) = (
             backend.connections.clone(),
             backend.requests.clone(),
             backend.first.clone(),
+            backend.heads.clone(),
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Relaxed);
-                let (requests, first) = (requests.clone(), first.clone());
-                tokio::spawn(serve(stream, answers, close, requests, first));
+                let (requests, first, heads) = (requests.clone(), first.clone(), heads.clone());
+                tokio::spawn(serve(stream, answers, close, requests, first, heads));
             }
         });
         backend
@@ -55,6 +59,7 @@ async fn serve(
     close: bool,
     requests: Arc<AtomicU64>,
     first: Arc<std::sync::Mutex<String>>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -62,9 +67,11 @@ async fn serve(
         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head: Vec<u8> = got.drain(..end + 4).collect();
             let n = requests.fetch_add(1, Relaxed) as usize;
+            let head = String::from_utf8_lossy(&head).into_owned();
             if n == 0 {
-                *first.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
+                *first.lock().unwrap() = head.clone();
             }
+            heads.lock().unwrap().push(head);
             if stream.write_all(answers[n % answers.len()]).await.is_err() || close {
                 return;
             }
@@ -311,4 +318,82 @@ async fn an_idle_connection_the_backend_closed_is_not_used_again() {
         0,
         "the closed connection was seen before a request was written to it"
     );
+}
+
+/// A backend that answers every request 503.
+const UNAVAILABLE: &[&[u8]] =
+    &[b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"];
+const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
+
+#[tokio::test]
+async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its_head_whole() {
+    let busy = Scripted::start(UNAVAILABLE, false).await;
+    let good = Scripted::start(OK, false).await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\nretries = 1\n\
+         [pools.web.retry]\non_statuses = [503]\n",
+        busy.addr, good.addr
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for n in 0..6 {
+        let trace = format!("t{n}");
+        let answer = client
+            .get_with(&format!("/p/{n}?q=1"), &[("x-trace", &trace)])
+            .await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.body.as_str()),
+            (200, "ok"),
+            "request {n}"
+        );
+    }
+    assert!(
+        busy.requests.load(Relaxed) >= 3,
+        "round robin sent half of them to the busy one first"
+    );
+    let heads = good.heads.lock().unwrap().clone();
+    assert_eq!(
+        heads.len(),
+        6,
+        "each request reached the good backend once: {heads:#?}"
+    );
+    for n in 0..6 {
+        let head = heads
+            .iter()
+            .find(|h| h.starts_with(&format!("GET /p/{n}?q=1 HTTP/1.1\r\n")))
+            .unwrap_or_else(|| panic!("request {n} at the good backend: {heads:#?}"));
+        assert!(head.contains(&format!("\r\nx-trace: t{n}\r\n")), "{head}");
+        assert!(head.contains("\r\nhost: localhost\r\n"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn a_post_answered_with_a_status_to_retry_is_passed_on_as_it_is() {
+    let busy = Scripted::start(UNAVAILABLE, false).await;
+    let good = Scripted::start(OK, false).await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\nretries = 1\n\
+         [pools.web.retry]\non_statuses = [503]\n",
+        busy.addr, good.addr
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let post = Request::post("/")
+            .header("host", "localhost")
+            .header("content-length", "0")
+            .body(empty())
+            .unwrap();
+        let response = client.send(post).await;
+        statuses.push(response.status().as_u16());
+        response.into_body().collect().await.unwrap();
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 503],
+        "the POST the busy backend answered was not sent again"
+    );
+    assert_eq!(good.requests.load(Relaxed), 1);
 }

@@ -77,27 +77,16 @@ pub(super) struct Outgoing<'a> {
 /// What sends the request again after it went out: its head, and the kept
 /// body (see the module docs).
 struct Replay<'a> {
+    /// The head: copied before the first try, or, for a request exchanged
+    /// inline, handed back after it.
     parts: Option<Parts>,
     progress: Option<&'a Progress>,
 }
 
-thread_local! {
-    /// Header maps of finished replays, emptied with their room kept: a
-    /// request's copy of its head fills one instead of allocating its own.
-    static SPARE_HEADERS: std::cell::RefCell<Vec<http::HeaderMap>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The most spare header maps a worker keeps (one per request in flight
-/// is reused; more only sit there).
-const MAX_SPARE_HEADERS: usize = 64;
-
 /// A copy of `parts` to replay from; its header map comes from the spares.
 /// Header names and values share their bytes, so nothing is copied.
 fn copy_head(parts: &Parts) -> Parts {
-    let mut headers = SPARE_HEADERS
-        .with(|spare| spare.borrow_mut().pop())
-        .unwrap_or_default();
+    let mut headers = super::spare::take();
     headers.reserve(parts.headers.len());
     for (name, value) in &parts.headers {
         headers.append(name.clone(), value.clone());
@@ -114,19 +103,23 @@ fn copy_head(parts: &Parts) -> Parts {
 impl Drop for Replay<'_> {
     fn drop(&mut self) {
         if let Some(parts) = self.parts.take() {
-            let mut headers = parts.headers;
-            headers.clear();
-            SPARE_HEADERS.with(|spare| {
-                let mut spare = spare.borrow_mut();
-                if spare.len() < MAX_SPARE_HEADERS {
-                    spare.push(headers);
-                }
-            });
+            super::spare::give(parts.headers);
         }
     }
 }
 
 impl Replay<'_> {
+    /// A head the inline exchange handed back: kept to replay from when
+    /// the request may be sent again and no head is kept yet; otherwise its
+    /// map goes back to the spares.
+    fn keep(&mut self, head: Option<Parts>, may_repeat: bool) {
+        match head {
+            Some(head) if may_repeat && self.parts.is_none() => self.parts = Some(head),
+            Some(head) => super::spare::give(head.headers),
+            None => {}
+        }
+    }
+
     /// Whether the request can be sent again (without building it).
     fn available(&self) -> bool {
         self.parts.is_some() && self.progress.is_none_or(Progress::can_replay)
@@ -185,8 +178,12 @@ pub(super) async fn forward(
     let retry = &config.retry;
     pool.budget.deposit();
     let may_repeat = is_idempotent(&parts.method) || retry.non_idempotent;
-    let replay = Replay {
-        parts: may_repeat.then(|| copy_head(&parts)),
+    // A request exchanged inline hands its head back once it is written:
+    // nothing is copied before the first try.
+    let hands_back =
+        upstream::hands_head_back(config.protocol, &parts.method, &parts.headers, &body);
+    let mut replay = Replay {
+        parts: (may_repeat && !hands_back).then(|| copy_head(&parts)),
         progress: progress.as_deref(),
     };
     let candidates = policy::slow_start(candidates, &pool.stats, config.slow_start);
@@ -286,6 +283,7 @@ pub(super) async fn forward(
         outcome.backend = Some(id);
         held = None;
         let started = Instant::now();
+        let mut sent = None;
         let mut result = exchange(
             ctx,
             tracker,
@@ -294,8 +292,10 @@ pub(super) async fn forward(
             next,
             Connection::PooledOrNew,
             progress.as_deref(),
+            &mut sent,
         )
         .await;
+        replay.keep(sent.take(), may_repeat);
         if let Err(SendFailure {
             error: UpstreamError::SentNoResponse { reused: true, .. },
             ..
@@ -318,8 +318,10 @@ pub(super) async fn forward(
                 again,
                 Connection::New,
                 progress.as_deref(),
+                &mut sent,
             )
             .await;
+            replay.keep(sent.take(), may_repeat);
         }
         let failure = match result {
             Ok(exchange) => {
@@ -508,8 +510,9 @@ async fn exchange(
     request: Request<RequestBody>,
     which: Connection,
     progress: Option<&Progress>,
+    sent: &mut Option<Parts>,
 ) -> Result<Exchange, SendFailure> {
-    let send = upstream::send(target, request, which, tracker, &ctx.metrics);
+    let send = upstream::send(target, request, which, tracker, &ctx.metrics, sent);
     let timed_out = |(what, after)| SendFailure {
         error: UpstreamError::TimedOut {
             addr: target.addr,

@@ -15,6 +15,7 @@ pub mod observe;
 mod path;
 mod policy;
 pub mod rewrite;
+pub(crate) mod spare;
 mod tunnel;
 
 use std::net::SocketAddr;

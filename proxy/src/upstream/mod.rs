@@ -122,19 +122,34 @@ pub enum Connection {
     New,
 }
 
-/// Sends `request` to `target` on a pooled connection, or a new one.
+/// Whether a request to a pool spoken to with `protocol` is exchanged
+/// inline (HTTP/1.1, no body, no upgrade): then [`send`] hands its head
+/// back once it is written, and no copy of it need be kept beforehand.
+pub fn hands_head_back(
+    protocol: crate::config::Protocol,
+    method: &http::Method,
+    headers: &http::HeaderMap,
+    body: &RequestBody,
+) -> bool {
+    !protocol.is_h2() && h1::takes(method, headers, body)
+}
+
+/// Sends `request` to `target` on a pooled connection, or a new one. A
+/// request exchanged inline (see [`hands_head_back`]) puts its head in
+/// `sent` once it is written.
 pub async fn send(
     target: Target<'_>,
     mut request: Request<RequestBody>,
     which: Connection,
     tracker: &TaskTracker,
     metrics: &Metrics,
+    sent: &mut Option<http::request::Parts>,
 ) -> Result<Exchange, SendFailure> {
     if target.protocol.is_h2() {
         return h2::send(target, request, which, tracker, metrics).await;
     }
-    if h1::takes(&request) {
-        return h1::send(target, request, which, metrics).await;
+    if h1::takes(request.method(), request.headers(), request.body()) {
+        return h1::send(target, request, which, metrics, sent).await;
     }
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.

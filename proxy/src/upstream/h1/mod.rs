@@ -1,9 +1,10 @@
 //! HTTP/1.1 to a backend driven inline by the request's own task, for
 //! requests without a body or an upgrade (most of what a proxy carries).
-//! The task writes the head from the connection's reused buffer, reads the
-//! response head into the request's own header map (emptied: the request
-//! has gone), and the client's connection task then reads the body straight
-//! off the socket ([`InlineBody`]). hyper's client would run a task per
+//! The task writes the head from a per-worker buffer, reads the response
+//! head into a spare header map, and the client's connection task then
+//! reads the body straight off the socket ([`InlineBody`]). The request's
+//! head goes back to the caller once written, for a replay: nothing need be
+//! copied before the first try. hyper's client would run a task per
 //! connection and hand each request to it and the response back through
 //! channels; here there is none of that, and no allocation once a
 //! connection is warm.
@@ -26,6 +27,7 @@ mod codec;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use http::request::Parts;
 use http::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
@@ -37,6 +39,7 @@ use super::{
     Connection, Exchange, Received, SendFailure, Stream, Target, UpstreamError, connect_stream,
 };
 use crate::http::body::RequestBody;
+use crate::http::spare;
 use crate::metrics::Metrics;
 
 /// How much room the read buffer starts with.
@@ -83,20 +86,23 @@ impl Conn {
     }
 }
 
-/// Whether `request` goes the inline way: no body, no upgrade, no tunnel.
-pub(super) fn takes(request: &Request<RequestBody>) -> bool {
-    matches!(request.body(), RequestBody::Empty)
-        && request.method() != Method::CONNECT
-        && !request.headers().contains_key(http::header::UPGRADE)
+/// Whether a request goes the inline way: no body, no upgrade, no tunnel.
+pub(super) fn takes(method: &Method, headers: &http::HeaderMap, body: &RequestBody) -> bool {
+    matches!(body, RequestBody::Empty)
+        && method != Method::CONNECT
+        && !headers.contains_key(http::header::UPGRADE)
 }
 
 /// Sends `request` (see [`takes`]) to `target` on a pooled connection or a
-/// new one, and reads the response head.
+/// new one, and reads the response head. Once the head is written, the
+/// request's head goes to `sent` (for a replay), and the response's
+/// headers fill a spare map.
 pub(super) async fn send(
     target: Target<'_>,
     request: Request<RequestBody>,
     which: Connection,
     metrics: &Metrics,
+    sent: &mut Option<Parts>,
 ) -> Result<Exchange, SendFailure> {
     let key = target.pool_key();
     let mut pooled = which == Connection::PooledOrNew;
@@ -163,10 +169,11 @@ pub(super) async fn send(
             }
         }
     };
-    // The request has gone: its header map takes the response's headers.
+    // The request has gone: its head is the caller's again.
     let (parts, _) = request.into_parts();
-    let method = parts.method;
-    let mut headers = parts.headers;
+    let method = parts.method.clone();
+    *sent = Some(parts);
+    let mut headers = spare::take();
     let failed = |error| {
         Err(SendFailure {
             error,
