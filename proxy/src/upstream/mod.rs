@@ -139,7 +139,7 @@ pub fn hands_head_back(
 /// `sent` once it is written.
 pub async fn send(
     target: Target<'_>,
-    mut request: Request<RequestBody>,
+    request: Request<RequestBody>,
     which: Connection,
     tracker: &TaskTracker,
     metrics: &Metrics,
@@ -151,6 +151,22 @@ pub async fn send(
     if h1::takes(request.method(), request.headers(), request.body()) {
         return h1::send(target, request, which, metrics, sent).await;
     }
+    // Boxed: hyper's path (its connect and handshake inside) is a future of
+    // some 3 KiB, which would otherwise size every send's, the inline ones
+    // too, and be copied with it on each move. A request with a body makes
+    // allocations of its own anyway.
+    Box::pin(through_hyper_h1(target, request, which, tracker, metrics)).await
+}
+
+/// Sends a request with a body or an upgrade through hyper's HTTP/1.1
+/// client, on a pooled connection of its own or a new one.
+async fn through_hyper_h1(
+    target: Target<'_>,
+    mut request: Request<RequestBody>,
+    which: Connection,
+    tracker: &TaskTracker,
+    metrics: &Metrics,
+) -> Result<Exchange, SendFailure> {
     // Pooled connections first. One closed by the backend while idle gives the
     // request back untouched; then the next one (or a new one) is tried.
     let pooled = || match which {

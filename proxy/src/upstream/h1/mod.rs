@@ -118,7 +118,10 @@ pub(super) async fn send(
             None => {
                 pooled = false;
                 Metrics::inc(&metrics.upstream_connects);
-                match connect_stream(target.dial()).await {
+                // Boxed: connecting (TCP, then TLS) is a future of some
+                // 1.5 KiB, made once per connection; inline it would size
+                // every request's future.
+                match Box::pin(connect_stream(target.dial())).await {
                     Ok(io) => Conn::new(io),
                     Err(reason) => {
                         return Err(SendFailure {
