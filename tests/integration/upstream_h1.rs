@@ -397,3 +397,171 @@ async fn a_post_answered_with_a_status_to_retry_is_passed_on_as_it_is() {
     );
     assert_eq!(good.requests.load(Relaxed), 1);
 }
+
+#[tokio::test]
+async fn an_http10_answer_is_not_kept_alive_unless_it_says_so() {
+    let closes = Scripted::start(
+        &[b"HTTP/1.0 200 OK\r\ncontent-length: 10\r\n\r\nold school"],
+        false,
+    )
+    .await;
+    let keeps = Scripted::start(
+        &[b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 10\r\n\r\nold school"],
+        false,
+    )
+    .await;
+    for (backend, connections) in [(&closes, 3), (&keeps, 1)] {
+        let proxy = proxy_to(backend, 1).await;
+        let mut client = Client::h1(proxy.addr).await;
+        for _ in 0..3 {
+            assert_eq!(client.get("/").await.body, "old school");
+        }
+        assert_eq!(
+            backend.connections.load(Relaxed),
+            connections,
+            "HTTP/1.0 closes after each answer but for Connection: keep-alive"
+        );
+    }
+}
+
+/// A backend that runs `script` on each connection it accepts; returns its
+/// address and how many connections it took.
+async fn scripted_by<F, Fut>(script: F) -> (std::net::SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Relaxed);
+            tokio::spawn(script(stream));
+        }
+    });
+    (addr, connections)
+}
+
+/// Reads one request head off `stream` (false if it closed first).
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn bytes_that_arrive_on_an_idle_connection_keep_it_out_of_use() {
+    let (addr, connections) = scripted_by(|mut stream| async move {
+        if read_head(&mut stream).await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nunasked").await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{addr}\"]\nmax_fails = 0\n"
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..2 {
+        assert_eq!(client.get("/").await.body, "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        connections.load(Relaxed),
+        2,
+        "the connection that received an answer nobody asked for was not used again"
+    );
+}
+
+#[tokio::test]
+async fn a_get_that_timed_out_after_it_was_sent_reaches_the_next_backend_whole() {
+    // The first backend reads the request and never answers.
+    let (silent, _) = scripted_by(|mut stream| async move {
+        read_head(&mut stream).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let good = Scripted::start(OK, false).await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{silent}\", \"{}\"]\nmax_fails = 0\nretries = 1\n\
+         response_timeout_ms = 300\nconnect_timeout_ms = 300\n",
+        good.addr
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for n in 0..2 {
+        let answer = client.get_with("/t?n=1", &[("x-trace", "kept")]).await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.body.as_str()),
+            (200, "ok"),
+            "request {n}"
+        );
+    }
+    let heads = good.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{heads:#?}");
+    for head in &heads {
+        assert!(head.starts_with("GET /t?n=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nx-trace: kept\r\n"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn an_interim_answer_and_the_final_one_may_come_apart() {
+    let (addr, _) = scripted_by(|mut stream| async move {
+        while read_head(&mut stream).await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal")
+                .await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "{SERVER}[pools.web]\nbackends = [\"{addr}\"]\nmax_fails = 0\n"
+    ))
+    .await;
+    let mut client = Client::h1(proxy.addr).await;
+    for _ in 0..2 {
+        let answer = client.get("/").await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.body.as_str()),
+            (200, "final")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reason_phrase_of_the_backends_own_reaches_the_client() {
+    let backend = Scripted::start(
+        &[b"HTTP/1.1 599 Network Connect Timeout\r\ncontent-length: 0\r\n\r\n"],
+        false,
+    )
+    .await;
+    let proxy = proxy_to(&backend, 1).await;
+    let (status, text) = raw_status(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 599, "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 599 Network Connect Timeout\r\n"),
+        "{text}"
+    );
+}

@@ -75,8 +75,9 @@ impl Inner {
 
     /// The body broke or stalled: its connection must not be used again.
     fn give_up(&mut self) {
-        if let Inner::Hyper { lease, .. } = self {
-            *lease = None;
+        match self {
+            Inner::Hyper { lease, .. } => *lease = None,
+            Inner::Inline(body) => body.abandon(),
         }
     }
 }

@@ -31,6 +31,8 @@ enum State {
     Chunked(Chunked),
     UntilClose,
     Done,
+    /// Broken off (an error was returned): never complete.
+    Failed,
 }
 
 impl InlineBody {
@@ -68,9 +70,15 @@ impl InlineBody {
     }
 
     fn fail(&mut self, cause: Cause) -> Poll<Option<Result<Frame<Bytes>, Cause>>> {
-        self.conn = None;
-        self.state = State::Done;
+        self.abandon();
         Poll::Ready(Some(Err(cause)))
+    }
+
+    /// The body will not be read on (it broke, or stalled): its connection
+    /// is closed now.
+    pub(crate) fn abandon(&mut self) {
+        self.conn = None;
+        self.state = State::Failed;
     }
 
     /// The next frame (see [`http_body::Body::poll_frame`]).
@@ -83,7 +91,7 @@ impl InlineBody {
                 return Poll::Ready(None);
             };
             match self.state {
-                State::Done => return Poll::Ready(None),
+                State::Done | State::Failed => return Poll::Ready(None),
                 State::Length(left) if !conn.buf.is_empty() => {
                     let take = (conn.buf.len() as u64).min(left);
                     let data = conn.buf.split_to(take as usize).freeze();

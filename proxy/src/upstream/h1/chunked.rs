@@ -115,15 +115,22 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    if digits == 0 || digits > 16 {
+    // Leading zeros are allowed; what is left must fit in 64 bits.
+    let zeros = line[..digits].iter().take_while(|&&d| d == b'0').count();
+    if digits == 0 || digits - zeros > 16 {
         return Err(BAD);
     }
+    // Extensions are ignored, but must be text: no CR or other control
+    // bytes that a server downstream could read as a line end.
     let rest = line[digits..].trim_ascii_start();
     if !rest.is_empty() && rest[0] != b';' {
         return Err(BAD);
     }
+    if rest.iter().any(|&b| b.is_ascii_control() && b != b'\t') {
+        return Err(BAD);
+    }
     let mut size = 0u64;
-    for &d in &line[..digits] {
+    for &d in &line[zeros..digits] {
         let v = (d as char).to_digit(16).ok_or(BAD)?;
         size = size.checked_mul(16).ok_or(BAD)? | u64::from(v);
     }
@@ -133,7 +140,7 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
 /// The trailer fields at the start of `buf` and the blank line after them,
 /// consumed; `None` until they are all there.
 fn trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str> {
-    let mut lines = [httparse::EMPTY_HEADER; 32];
+    let mut lines = [httparse::EMPTY_HEADER; 100];
     let (len, fields) = match httparse::parse_headers(buf, &mut lines) {
         Ok(httparse::Status::Complete((len, fields))) => (len, fields),
         Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILERS => {
@@ -209,6 +216,13 @@ mod tests {
     }
 
     #[test]
+    fn leading_zeros_in_a_size_are_only_zeros() {
+        let (data, _, ended) = decode(b"00000000000000000005\r\nhello\r\n000\r\n\r\n", 3).unwrap();
+        assert_eq!(data, b"hello");
+        assert!(ended);
+    }
+
+    #[test]
     fn a_cut_off_body_does_not_end() {
         let (data, _, ended) = decode(b"5\r\nhel", 2).unwrap();
         assert_eq!(data, b"hel");
@@ -224,6 +238,7 @@ mod tests {
             b"5 junk\r\nhello\r\n",
             b"3\r\nabcd\r\n",
             b"11111111111111111\r\n",
+            b"5;a=\rb\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode(wire, 1).is_err(),

@@ -45,7 +45,7 @@ pub(super) enum Framing {
 }
 
 /// A parsed response head (its headers went into the caller's map).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
@@ -53,6 +53,9 @@ pub(super) struct Head {
     /// Whether the connection may carry another request once the body is
     /// read to its end.
     pub(super) keep_alive: bool,
+    /// The reason phrase, when it is not the status's usual one ("599
+    /// Network Connect Timeout"): hyper's server writes it back as it is.
+    pub(super) reason: Option<hyper::ext::ReasonPhrase>,
 }
 
 /// Writes the request head (request line, headers, blank line) into `out`,
@@ -146,13 +149,20 @@ pub(super) fn parse_response(
                     value: value..value + line.value.len() as u32,
                 }
             }));
-            Ok(Some((
-                len,
-                response.code.unwrap_or(0),
-                response.version.unwrap_or(1),
-            )))
+            let code = response.code.unwrap_or(0);
+            let usual = StatusCode::from_u16(code)
+                .ok()
+                .and_then(|status| status.canonical_reason());
+            let reason = response
+                .reason
+                .filter(|reason| !reason.is_empty() && Some(*reason) != usual)
+                .map(|reason| {
+                    let from = offset(reason.as_bytes());
+                    from as usize..from as usize + reason.len()
+                });
+            Ok(Some((len, code, response.version.unwrap_or(1), reason)))
         });
-        let Some((len, code, minor)) = parsed? else {
+        let Some((len, code, minor, reason)) = parsed? else {
             return Ok(None);
         };
         let status = StatusCode::from_u16(code).map_err(|_| "its status code is not valid")?;
@@ -181,7 +191,10 @@ pub(super) fn parse_response(
             }
             Ok::<(), &'static str>(())
         })?;
-        return facts.head(status, version, method).map(Some);
+        let mut parsed = facts.head(status, version, method)?;
+        parsed.reason =
+            reason.and_then(|range| hyper::ext::ReasonPhrase::try_from(head.slice(range)).ok());
+        return Ok(Some(parsed));
     }
 }
 
@@ -283,6 +296,7 @@ impl Facts {
             version,
             framing,
             keep_alive,
+            reason: None,
         })
     }
 }

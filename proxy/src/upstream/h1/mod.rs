@@ -94,9 +94,11 @@ pub(super) fn takes(method: &Method, headers: &http::HeaderMap, body: &RequestBo
 }
 
 /// Sends `request` (see [`takes`]) to `target` on a pooled connection or a
-/// new one, and reads the response head. Once the head is written, the
-/// request's head goes to `sent` (for a replay), and the response's
-/// headers fill a spare map.
+/// new one, and reads the response head; the response's headers fill a
+/// spare map. The request's head lives in `sent` from the start, so that
+/// wherever this stops (a failure, or the response timer dropping it
+/// mid-way) the caller still has it for a replay; when nothing was sent,
+/// the request comes back whole in the failure instead.
 pub(super) async fn send(
     target: Target<'_>,
     request: Request<RequestBody>,
@@ -104,9 +106,21 @@ pub(super) async fn send(
     metrics: &Metrics,
     sent: &mut Option<Parts>,
 ) -> Result<Exchange, SendFailure> {
+    // No body (see `takes`): the head is all there is.
+    let head = &*sent.insert(request.into_parts().0);
+    let method = head.method.clone();
     let key = target.pool_key();
     let mut pooled = which == Connection::PooledOrNew;
-    let (mut conn, reused, close) = loop {
+    let mut out = HEAD.take();
+    out.clear();
+    let close = codec::encode_request(
+        &head.method,
+        &head.uri,
+        head.version,
+        &head.headers,
+        &mut out,
+    );
+    let connected = loop {
         let idle = if pooled {
             pool::checkout_inline(key)
         } else {
@@ -124,43 +138,29 @@ pub(super) async fn send(
                 match Box::pin(connect_stream(target.dial())).await {
                     Ok(io) => Conn::new(io),
                     Err(reason) => {
-                        return Err(SendFailure {
-                            error: UpstreamError::Connect {
-                                addr: target.addr,
-                                reason,
-                            },
-                            unsent: Some(Box::new(request)),
+                        break Err(UpstreamError::Connect {
+                            addr: target.addr,
+                            reason,
                         });
                     }
                 }
             }
         };
-        let mut out = HEAD.take();
-        out.clear();
-        let close = codec::encode_request(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-            &mut out,
-        );
-        let written = write_head(&mut conn.io, &out).await;
-        HEAD.set(out);
-        match written {
-            Ok(()) => break (conn, reused, close),
+        match write_head(&mut conn.io, &out).await {
+            Ok(()) => break Ok((conn, reused)),
             // A pooled connection that failed before taking a byte: the
             // next one (or a new one) gets the request.
             Err((_, true)) if reused => continue,
             Err((e, true)) => {
-                return Err(SendFailure {
-                    error: UpstreamError::ClosedBeforeSend {
-                        addr: target.addr,
-                        source: Cause::Io(e),
-                    },
-                    unsent: Some(Box::new(request)),
+                break Err(UpstreamError::ClosedBeforeSend {
+                    addr: target.addr,
+                    source: Cause::Io(e),
                 });
             }
+            // Part of it may have reached the backend: the head stays in
+            // `sent` for a replay.
             Err((e, false)) => {
+                HEAD.set(out);
                 return Err(SendFailure {
                     error: UpstreamError::SentNoResponse {
                         addr: target.addr,
@@ -172,10 +172,19 @@ pub(super) async fn send(
             }
         }
     };
-    // The request has gone: its head is the caller's again.
-    let (parts, _) = request.into_parts();
-    let method = parts.method.clone();
-    *sent = Some(parts);
+    HEAD.set(out);
+    let (mut conn, reused) = match connected {
+        Ok(connected) => connected,
+        // Nothing reached the backend: the request goes back whole.
+        Err(error) => {
+            return Err(SendFailure {
+                error,
+                unsent: sent
+                    .take()
+                    .map(|head| Box::new(Request::from_parts(head, RequestBody::Empty))),
+            });
+        }
+    };
     let mut headers = spare::take();
     let failed = |error| {
         Err(SendFailure {
@@ -230,6 +239,9 @@ pub(super) async fn send(
     let mut response = Response::new(Received::Inline(body));
     *response.status_mut() = head.status;
     *response.headers_mut() = headers;
+    if let Some(reason) = head.reason {
+        response.extensions_mut().insert(reason);
+    }
     Ok(Exchange {
         response,
         lease: Lease::InBody,
