@@ -78,7 +78,7 @@ pub(super) struct Outgoing<'a> {
 /// body (see the module docs).
 struct Replay<'a> {
     /// The head: copied before the first try, or, for a request exchanged
-    /// inline, handed back after it.
+    /// inline, the one it kept in `sent`.
     parts: Option<Parts>,
     progress: Option<&'a Progress>,
 }
@@ -109,7 +109,7 @@ impl Drop for Replay<'_> {
 }
 
 impl Replay<'_> {
-    /// A head the inline exchange handed back: kept to replay from when
+    /// A head the inline exchange left in `sent`: kept to replay from when
     /// the request may be sent again and no head is kept yet; otherwise its
     /// map goes back to the spares.
     fn keep(&mut self, head: Option<Parts>, may_repeat: bool) {
@@ -178,7 +178,7 @@ pub(super) async fn forward(
     let retry = &config.retry;
     pool.budget.deposit();
     let may_repeat = is_idempotent(&parts.method) || retry.non_idempotent;
-    // A request exchanged inline hands its head back once it is written:
+    // A request exchanged inline leaves its head with us (in `sent`):
     // nothing is copied before the first try.
     let hands_back =
         upstream::hands_head_back(config.protocol, &parts.method, &parts.headers, &body);

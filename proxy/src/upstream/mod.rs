@@ -123,8 +123,8 @@ pub enum Connection {
 }
 
 /// Whether a request to a pool spoken to with `protocol` is exchanged
-/// inline (HTTP/1.1, no body, no upgrade): then [`send`] hands its head
-/// back once it is written, and no copy of it need be kept beforehand.
+/// inline (HTTP/1.1, no body, no upgrade): then [`send`] keeps its head in
+/// `sent` for the caller, and no copy of it need be made beforehand.
 pub fn hands_head_back(
     protocol: crate::config::Protocol,
     method: &http::Method,
@@ -135,8 +135,8 @@ pub fn hands_head_back(
 }
 
 /// Sends `request` to `target` on a pooled connection, or a new one. A
-/// request exchanged inline (see [`hands_head_back`]) puts its head in
-/// `sent` once it is written.
+/// request exchanged inline (see [`hands_head_back`]) leaves its head in
+/// `sent` unless it comes back whole as unsent.
 pub async fn send(
     target: Target<'_>,
     request: Request<RequestBody>,

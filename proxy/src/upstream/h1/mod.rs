@@ -3,8 +3,8 @@
 //! The task writes the head from a per-worker buffer, reads the response
 //! head into a spare header map, and the client's connection task then
 //! reads the body straight off the socket ([`InlineBody`]). The request's
-//! head goes back to the caller once written, for a replay: nothing need be
-//! copied before the first try. hyper's client would run a task per
+//! head is kept in the caller's slot throughout, for a replay: nothing need
+//! be copied before the first try. hyper's client would run a task per
 //! connection and hand each request to it and the response back through
 //! channels; here there is none of that, and no allocation once a
 //! connection is warm.
@@ -14,7 +14,9 @@
 //! request was written gives the request back untouched; one that closes
 //! after the request went out but before a byte of response is
 //! `SentNoResponse` (for a pooled connection: the keep-alive race, sent
-//! once more on a new connection when it may be).
+//! once more on a new connection when it may be). Unlike hyper's, a close
+//! in the middle of a response head is `InvalidResponse`: the backend had
+//! begun to answer.
 //!
 //! Files: `codec` (writing the request head, parsing the response head, how
 //! the body is delimited), `chunked` (decoding a chunked body), `body` (the
