@@ -19,10 +19,7 @@ use crate::support::*;
 struct Scripted {
     addr: std::net::SocketAddr,
     connections: Arc<AtomicU64>,
-    requests: Arc<AtomicU64>,
-    /// The head of the first request it read.
-    first: Arc<std::sync::Mutex<String>>,
-    /// The heads of all the requests it read.
+    /// The heads of the requests it read, in order.
     heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -32,24 +29,21 @@ impl Scripted {
         let backend = Scripted {
             addr: listener.local_addr().unwrap(),
             connections: Arc::default(),
-            requests: Arc::default(),
-            first: Arc::default(),
             heads: Arc::default(),
         };
-        let (connections, requests, first, heads) = (
-            backend.connections.clone(),
-            backend.requests.clone(),
-            backend.first.clone(),
-            backend.heads.clone(),
-        );
+        let (connections, heads) = (backend.connections.clone(), backend.heads.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Relaxed);
-                let (requests, first, heads) = (requests.clone(), first.clone(), heads.clone());
-                tokio::spawn(serve(stream, answers, close, requests, first, heads));
+                tokio::spawn(serve(stream, answers, close, heads.clone()));
             }
         });
         backend
+    }
+
+    /// How many requests it read.
+    fn requests(&self) -> usize {
+        self.heads.lock().unwrap().len()
     }
 }
 
@@ -57,8 +51,6 @@ async fn serve(
     mut stream: TcpStream,
     answers: &'static [&'static [u8]],
     close: bool,
-    requests: Arc<AtomicU64>,
-    first: Arc<std::sync::Mutex<String>>,
     heads: Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let mut got = Vec::new();
@@ -66,12 +58,11 @@ async fn serve(
     loop {
         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head: Vec<u8> = got.drain(..end + 4).collect();
-            let n = requests.fetch_add(1, Relaxed) as usize;
-            let head = String::from_utf8_lossy(&head).into_owned();
-            if n == 0 {
-                *first.lock().unwrap() = head.clone();
-            }
-            heads.lock().unwrap().push(head);
+            let n = {
+                let mut heads = heads.lock().unwrap();
+                heads.push(String::from_utf8_lossy(&head).into_owned());
+                heads.len() - 1
+            };
             if stream.write_all(answers[n % answers.len()]).await.is_err() || close {
                 return;
             }
@@ -111,13 +102,13 @@ async fn keep_alive_gets_share_one_backend_connection_whatever_the_framing(worke
             assert_eq!(answer.body, expected, "round {round}");
         }
     }
-    assert_eq!(backend.requests.load(Relaxed), 40);
+    assert_eq!(backend.requests(), 40);
     assert_eq!(
         backend.connections.load(Relaxed),
         1,
         "every answer was read to its end, so its connection carried the next request"
     );
-    let first = backend.first.lock().unwrap().clone();
+    let first = backend.heads.lock().unwrap()[0].clone();
     assert!(first.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{first}");
     assert!(first.contains("\r\nhost: localhost\r\n"), "{first}");
 }
@@ -285,24 +276,15 @@ async fn an_idle_connection_the_backend_closed_is_not_used_again() {
     // The backend answers with a length, then closes a moment later, as a
     // server with a short keep-alive timeout does: the proxy sees the close
     // on the idle connection and opens a new one, without a failed try.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicU64::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Relaxed);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            });
+    let (addr, connections) = scripted_by(|mut stream| async move {
+        if read_head(&mut stream).await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    });
+    })
+    .await;
     let proxy = Proxy::start(&format!(
         "{SERVER}[pools.web]\nbackends = [\"{addr}\"]\nmax_fails = 0\n"
     ))
@@ -325,8 +307,9 @@ const UNAVAILABLE: &[&[u8]] =
     &[b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"];
 const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
 
-#[tokio::test]
-async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its_head_whole() {
+/// A backend that answers 503 and one that answers 200, behind a proxy
+/// that retries a 503 once (`retry.on_statuses`), round robin.
+async fn busy_and_good_retrying_503() -> (Scripted, Scripted, Proxy) {
     let busy = Scripted::start(UNAVAILABLE, false).await;
     let good = Scripted::start(OK, false).await;
     let proxy = Proxy::start(&format!(
@@ -335,6 +318,12 @@ async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its
         busy.addr, good.addr
     ))
     .await;
+    (busy, good, proxy)
+}
+
+#[tokio::test]
+async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its_head_whole() {
+    let (busy, good, proxy) = busy_and_good_retrying_503().await;
     let mut client = Client::h1(proxy.addr).await;
     for n in 0..6 {
         let trace = format!("t{n}");
@@ -348,7 +337,7 @@ async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its
         );
     }
     assert!(
-        busy.requests.load(Relaxed) >= 3,
+        busy.requests() >= 3,
         "round robin sent half of them to the busy one first"
     );
     let heads = good.heads.lock().unwrap().clone();
@@ -369,14 +358,7 @@ async fn a_get_answered_with_a_status_to_retry_reaches_the_next_backend_with_its
 
 #[tokio::test]
 async fn a_post_answered_with_a_status_to_retry_is_passed_on_as_it_is() {
-    let busy = Scripted::start(UNAVAILABLE, false).await;
-    let good = Scripted::start(OK, false).await;
-    let proxy = Proxy::start(&format!(
-        "{SERVER}[pools.web]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\nretries = 1\n\
-         [pools.web.retry]\non_statuses = [503]\n",
-        busy.addr, good.addr
-    ))
-    .await;
+    let (_busy, good, proxy) = busy_and_good_retrying_503().await;
     let mut client = Client::h1(proxy.addr).await;
     let mut statuses = Vec::new();
     for _ in 0..2 {
@@ -395,7 +377,7 @@ async fn a_post_answered_with_a_status_to_retry_is_passed_on_as_it_is() {
         [200, 503],
         "the POST the busy backend answered was not sent again"
     );
-    assert_eq!(good.requests.load(Relaxed), 1);
+    assert_eq!(good.requests(), 1);
 }
 
 #[tokio::test]

@@ -25,6 +25,11 @@ struct Span {
     value: std::ops::Range<u32>,
 }
 
+/// A span of the head being parsed, as an index range.
+fn at(span: &std::ops::Range<u32>) -> std::ops::Range<usize> {
+    span.start as usize..span.end as usize
+}
+
 thread_local! {
     /// The spans of the head being parsed (kept, so parsing allocates
     /// nothing once warm).
@@ -150,15 +155,12 @@ pub(super) fn parse_response(
                 }
             }));
             let code = response.code.unwrap_or(0);
-            let usual = StatusCode::from_u16(code)
-                .ok()
-                .and_then(|status| status.canonical_reason());
             let reason = response
                 .reason
-                .filter(|reason| !reason.is_empty() && Some(*reason) != usual)
+                .filter(|reason| !reason.is_empty())
                 .map(|reason| {
                     let from = offset(reason.as_bytes());
-                    from as usize..from as usize + reason.len()
+                    from..from + reason.len() as u32
                 });
             Ok(Some((len, code, response.version.unwrap_or(1), reason)))
         });
@@ -181,10 +183,9 @@ pub(super) fn parse_response(
         SPANS.with_borrow(|spans| {
             headers.reserve(spans.len());
             for span in spans {
-                let range = |r: &std::ops::Range<u32>| r.start as usize..r.end as usize;
-                let name = HeaderName::from_bytes(&head[range(&span.name)])
+                let name = HeaderName::from_bytes(&head[at(&span.name)])
                     .map_err(|_| "a response header name is not valid")?;
-                let value = HeaderValue::from_maybe_shared(head.slice(range(&span.value)))
+                let value = HeaderValue::from_maybe_shared(head.slice(at(&span.value)))
                     .map_err(|_| "a response header value is not valid")?;
                 facts.note(&name, &value);
                 headers.append(name, value);
@@ -192,8 +193,10 @@ pub(super) fn parse_response(
             Ok::<(), &'static str>(())
         })?;
         let mut parsed = facts.head(status, version, method)?;
-        parsed.reason =
-            reason.and_then(|range| hyper::ext::ReasonPhrase::try_from(head.slice(range)).ok());
+        // Only a phrase other than the status's usual one is kept.
+        parsed.reason = reason
+            .filter(|range| Some(&head[at(range)]) != status.canonical_reason().map(str::as_bytes))
+            .and_then(|range| hyper::ext::ReasonPhrase::try_from(head.slice(at(&range))).ok());
         return Ok(Some(parsed));
     }
 }
