@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::error::Cause;
 use super::pool::{Lease, give_back};
-use super::{Exchange, InlineBody, Received};
+use super::{Exchange, InlineBody, Received, ThroughHyper};
 use crate::metrics::Metrics;
 use crate::stall::StallTimer;
 use crate::stats::InFlight;
@@ -90,10 +90,9 @@ impl UpstreamBody {
         read_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Response<UpstreamBody> {
-        let Exchange { response, lease } = exchange;
-        response.map(|inner| UpstreamBody {
+        exchange.response.map(|inner| UpstreamBody {
             inner: match inner {
-                Received::Hyper(body) => Inner::Hyper {
+                Received::Hyper(ThroughHyper { body, lease }) => Inner::Hyper {
                     body,
                     lease: Some(lease),
                 },

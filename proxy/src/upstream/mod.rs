@@ -76,20 +76,28 @@ pub struct SendFailure {
     pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
-/// A response from a backend, and what to do with its connection afterwards.
+/// A response from a backend (head read, body still streaming).
 pub struct Exchange {
-    /// The backend's response (head read, body still streaming).
+    /// The backend's response; its body says what becomes of the
+    /// connection afterwards.
     pub response: Response<Received>,
-    lease: Lease,
 }
 
 /// A response body as it comes from the backend's connection.
 pub enum Received {
     /// Through hyper's client (HTTP/2, or HTTP/1.1 with a request body or an
     /// upgrade).
-    Hyper(Incoming),
-    /// Read inline off an HTTP/1.1 connection.
+    Hyper(ThroughHyper),
+    /// Read inline off an HTTP/1.1 connection (the body holds its
+    /// connection and returns it itself).
     Inline(InlineBody),
+}
+
+/// A body from hyper's client, and what it holds of its connection until
+/// it is done.
+pub struct ThroughHyper {
+    body: Incoming,
+    lease: Lease,
 }
 
 impl Exchange {
@@ -99,7 +107,7 @@ impl Exchange {
     pub fn into_upgrade(self) -> Option<Response<Incoming>> {
         let (head, body) = self.response.into_parts();
         match body {
-            Received::Hyper(body) => Some(Response::from_parts(head, body)),
+            Received::Hyper(hyper) => Some(Response::from_parts(head, hyper.body)),
             Received::Inline(_) => None,
         }
     }
@@ -108,8 +116,7 @@ impl Exchange {
 /// A response from hyper's client, as an exchange.
 fn through_hyper(response: Response<Incoming>, lease: Lease) -> Exchange {
     Exchange {
-        response: response.map(Received::Hyper),
-        lease,
+        response: response.map(|body| Received::Hyper(ThroughHyper { body, lease })),
     }
 }
 

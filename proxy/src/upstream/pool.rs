@@ -120,9 +120,6 @@ pub(super) enum Lease {
     H1(Returner),
     /// A stream of a shared HTTP/2 connection: freed when dropped.
     H2(#[allow(dead_code, reason = "held for its Drop")] super::h2::StreamSlot),
-    /// An inline HTTP/1.1 exchange: the body holds its connection and
-    /// returns it itself.
-    InBody,
 }
 
 pub(super) fn checkout(key: Key) -> Option<Sender> {

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 pub use body::InlineBody;
 
 use super::error::Cause;
-use super::pool::{self, Lease};
+use super::pool;
 use super::{
     Connection, Exchange, Received, SendFailure, Stream, Target, UpstreamError, connect_stream,
 };
@@ -244,10 +244,7 @@ pub(super) async fn send(
     if let Some(reason) = head.reason {
         response.extensions_mut().insert(reason);
     }
-    Ok(Exchange {
-        response,
-        lease: Lease::InBody,
-    })
+    Ok(Exchange { response })
 }
 
 /// Writes a request head. The error says whether nothing of it was taken
